@@ -1,0 +1,195 @@
+/// A transport chosen by URL, parsed into typed settings.
+///
+/// ```
+/// memory://                       a private in-process broker
+/// memory://orders?capacity=1000   the process-wide in-process broker "orders"
+/// amqp://user:pass@host:5672/vhost?heartbeat=30&prefetch=256&queue_type=quorum
+/// amqps://user:pass@host/vhost?cacertfile=/etc/ca.pem&verify=verify_peer
+/// kafka://host1:9092,host2:9092?client_id=shop&partitions=6&rdkafka.linger.ms=5
+/// ```
+///
+/// Parse errors are ``CourierError/Code/invalidURL`` and name the bad part. Neither errors nor
+/// ``description`` ever contain the password.
+public enum TransportURL: Sendable, Hashable, CustomStringConvertible {
+    case memory(MemorySettings)
+    case amqp(AMQPSettings)
+    case kafka(KafkaSettings)
+
+    /// Parses `string`, throwing ``CourierError/Code/invalidURL`` with the bad part named.
+    public init(_ string: String) throws(CourierError) {
+        var parser = URLParser(string)
+        self = try parser.parse()
+    }
+
+    /// The URL scheme: `memory`, `amqp`, `amqps` or `kafka`.
+    public var scheme: String {
+        switch self {
+        case .memory: "memory"
+        case .amqp(let settings): settings.tls == nil ? "amqp" : "amqps"
+        case .kafka: "kafka"
+        }
+    }
+
+    /// The URL with the password replaced by `******`.
+    public var description: String {
+        switch self {
+        case .memory(let settings): settings.description
+        case .amqp(let settings): settings.description
+        case .kafka(let settings): settings.description
+        }
+    }
+
+    /// `string` with any password replaced by `******`, for messages about URLs that may not
+    /// even parse.
+    public static func redacted(_ string: String) -> String {
+        guard let schemeEnd = string.range(of: "://") else { return string }
+        let rest = string[schemeEnd.upperBound...]
+        let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
+        let authority = rest[..<authorityEnd]
+        guard let at = authority.lastIndex(of: "@"),
+            let colon = authority[..<at].firstIndex(of: ":")
+        else { return string }
+        return String(string[..<colon]) + ":******" + String(string[at...])
+    }
+}
+
+/// `memory://[NAME][?options]`: an in-process broker, private or shared by name.
+///
+/// Options: `capacity` (messages per queue, default 100000), `overflow` (`backpressure` or
+/// `reject`), `retention` (events per topic kept for replay, default 10000),
+/// `max_payload` (bytes, default 1048576), `ordered` (`true` or `false`).
+public struct MemorySettings: Sendable, Hashable, CustomStringConvertible {
+    /// The shared broker's name; `nil` for a private broker.
+    public var brokerName: String?
+    /// The broker's limits.
+    public var configuration: InMemoryBroker.Configuration
+
+    /// Creates settings for a private broker with default limits.
+    public init(brokerName: String? = nil, configuration: InMemoryBroker.Configuration = .init()) {
+        self.brokerName = brokerName
+        self.configuration = configuration
+    }
+
+    /// A transport connected to the broker these settings name.
+    public func makeTransport() throws(CourierError) -> InMemoryTransport {
+        if let brokerName {
+            return InMemoryTransport(broker: try InMemoryBroker.named(brokerName, configuration: configuration))
+        }
+        return try InMemoryTransport(configuration: configuration)
+    }
+
+    public var description: String { "memory://\(brokerName ?? "")" }
+}
+
+/// TLS settings for `amqps://` (and Kafka's `ssl`).
+public struct TLSSettings: Sendable, Hashable {
+    /// PEM file of the certificate authorities to trust; the system's when `nil`.
+    public var caCertificateFile: String?
+    /// PEM client certificate, for mutual TLS.
+    public var certificateFile: String?
+    /// PEM private key of the client certificate.
+    public var keyFile: String?
+    /// Whether to verify the broker's certificate and host name. Default true.
+    public var verifyPeer: Bool = true
+
+    /// Peer verification on, system trust store.
+    public init() {}
+}
+
+/// `amqp://` and `amqps://` URLs: one RabbitMQ node.
+///
+/// Defaults follow the RabbitMQ URI specification: host `localhost`, port 5672 (5671 for
+/// `amqps`), user and password `guest`, virtual host `/` (write another vhost percent-encoded
+/// as the path: `/%2Fshop` is `/shop`). Options: `heartbeat` (seconds, default 30; 0 turns
+/// heartbeats off), `connection_timeout` (seconds, default 10), `prefetch` (default 256),
+/// `queue_type` (`classic` or `quorum`), `frame_max` (bytes, default 131072), and for TLS
+/// `cacertfile`, `certfile`, `keyfile`, `verify` (`verify_peer` or `verify_none`).
+public struct AMQPSettings: Sendable, Hashable, CustomStringConvertible {
+    /// Which RabbitMQ queue type Courier declares.
+    public enum QueueType: String, Sendable, Hashable {
+        case classic, quorum
+    }
+
+    public var host: String = "localhost"
+    public var port: Int = 5672
+    public var username: String = "guest"
+    public var password: Secret = "guest"
+    public var virtualHost: String = "/"
+    /// Heartbeat interval in seconds; 0 turns heartbeats off.
+    public var heartbeatSeconds: Int = 30
+    /// How long connecting may take, in seconds.
+    public var connectionTimeoutSeconds: Int = 10
+    /// Un-acked deliveries per consumer (`basic.qos`).
+    public var prefetch: Int = 256
+    public var queueType: QueueType = .classic
+    public var frameMax: Int = 131_072
+    /// TLS settings; `nil` for plain `amqp://`.
+    public var tls: TLSSettings?
+
+    /// Plain-text settings with the documented defaults.
+    public init() {}
+
+    public var description: String {
+        let vhost = virtualHost == "/" ? "" : "/" + virtualHost.addingPercentEncodingForPath()
+        return "\(tls == nil ? "amqp" : "amqps")://\(username):******@\(URLParser.format(host: host)):\(port)\(vhost)"
+    }
+}
+
+/// `kafka://host1:9092,host2:9092[?options]`: a Kafka cluster's bootstrap servers.
+///
+/// Port defaults to 9092. Options: `client_id` (default `courier`), `partitions` (for topics
+/// Courier creates, default 4), `replication_factor` (default -1, the broker's default),
+/// `security_protocol` (`plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`), `sasl_mechanism`,
+/// `cacertfile`, `certfile`, `keyfile`, `verify`, and any librdkafka property prefixed
+/// `rdkafka.` (`rdkafka.linger.ms=5`). User and password in the URL are the SASL credentials.
+public struct KafkaSettings: Sendable, Hashable, CustomStringConvertible {
+    /// A bootstrap server.
+    public struct Server: Sendable, Hashable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public init(host: String, port: Int = 9092) {
+            self.host = host
+            self.port = port
+        }
+        public var description: String { "\(URLParser.format(host: host)):\(port)" }
+    }
+
+    public var bootstrapServers: [Server]
+    public var clientID: String = "courier"
+    public var partitions: Int = 4
+    public var replicationFactor: Int = -1
+    public var securityProtocol: String = "plaintext"
+    public var saslMechanism: String?
+    public var username: String?
+    public var password: Secret?
+    public var tls: TLSSettings?
+    /// librdkafka properties passed through unchanged.
+    public var properties: [String: String] = [:]
+
+    /// Settings for the given bootstrap servers, with the documented defaults.
+    public init(bootstrapServers: [Server]) {
+        self.bootstrapServers = bootstrapServers
+    }
+
+    public var description: String {
+        let credentials = username.map { "\($0):******@" } ?? ""
+        return "kafka://\(credentials)\(bootstrapServers.map(\.description).joined(separator: ","))"
+    }
+}
+
+extension String {
+    func addingPercentEncodingForPath() -> String {
+        var result = ""
+        for byte in utf8 {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+                result.unicodeScalars.append(Unicode.Scalar(byte))
+            default:
+                let hex = String(byte, radix: 16, uppercase: true)
+                result += "%" + (hex.count == 1 ? "0" + hex : hex)
+            }
+        }
+        return result
+    }
+}

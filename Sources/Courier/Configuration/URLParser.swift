@@ -1,0 +1,283 @@
+/// The hand-written parser behind ``TransportURL``: Foundation's `URL` accepts neither Kafka's
+/// host lists nor RabbitMQ's percent-encoded virtual hosts the way brokers mean them.
+struct URLParser {
+    private let original: String
+    private let shown: String
+
+    init(_ string: String) {
+        self.original = string
+        self.shown = TransportURL.redacted(string)
+    }
+
+    private func fail(_ problem: String) -> CourierError {
+        CourierError(.invalidURL, "invalid transport URL '\(shown)': \(problem)")
+    }
+
+    mutating func parse() throws(CourierError) -> TransportURL {
+        let trimmed = original.trimmingWhitespace()
+        guard let separator = trimmed.range(of: "://") else {
+            throw fail("it has no scheme; write memory://, amqp://host, amqps://host or kafka://host:9092")
+        }
+        let scheme = trimmed[..<separator.lowerBound].lowercased()
+        var rest = Substring(trimmed[separator.upperBound...])
+        if let hash = rest.firstIndex(of: "#") {
+            throw fail("fragments ('#\(rest[rest.index(after: hash)...])') are not allowed; percent-encode '#' as %23")
+        }
+        var query: Substring = ""
+        if let question = rest.firstIndex(of: "?") {
+            query = rest[rest.index(after: question)...]
+            rest = rest[..<question]
+        }
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let authority = rest[..<slash]
+        let path = rest[slash...]
+        var userInfo: Substring?
+        var hosts = authority
+        if let at = authority.lastIndex(of: "@") {
+            userInfo = authority[..<at]
+            hosts = authority[authority.index(after: at)...]
+        }
+        var options = try parseQuery(query)
+        let result: TransportURL
+        switch scheme {
+        case "memory":
+            result = .memory(try memory(name: hosts, userInfo: userInfo, path: path, options: &options))
+        case "amqp", "amqps":
+            result = .amqp(try amqp(tls: scheme == "amqps", hosts: hosts, userInfo: userInfo, path: path, options: &options))
+        case "kafka":
+            result = .kafka(try kafka(hosts: hosts, userInfo: userInfo, path: path, options: &options))
+        default:
+            throw fail("unknown scheme '\(scheme)'; supported: memory, amqp, amqps, kafka")
+        }
+        if let unknown = options.keys.sorted().first {
+            throw fail("unknown option '\(unknown)' for \(scheme) URLs; see the TransportURL documentation for the options")
+        }
+        return result
+    }
+
+    // MARK: Schemes
+
+    private func memory(name: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError) -> MemorySettings {
+        if userInfo != nil { throw fail("memory URLs take no user or password") }
+        if !(path.isEmpty || path == "/") { throw fail("memory URLs take no path ('\(path)')") }
+        var settings = MemorySettings(brokerName: name.isEmpty ? nil : String(name))
+        if let brokerName = settings.brokerName, !DestinationName.isValid(brokerName) {
+            throw fail("broker name '\(brokerName)' must be letters, digits, '.', '_' or '-'")
+        }
+        if let value = options.removeValue(forKey: "capacity") { settings.configuration.queueCapacity = try integer("capacity", value, min: 1) }
+        if let value = options.removeValue(forKey: "retention") { settings.configuration.retention = try integer("retention", value, min: 0) }
+        if let value = options.removeValue(forKey: "max_payload") { settings.configuration.maxPayloadSize = try integer("max_payload", value, min: 0) }
+        if let value = options.removeValue(forKey: "ordered") { settings.configuration.ordered = try boolean("ordered", value) }
+        if let value = options.removeValue(forKey: "overflow") {
+            switch value {
+            case "backpressure": settings.configuration.overflow = .backpressure
+            case "reject": settings.configuration.overflow = .reject
+            default: throw fail("option overflow is '\(value)'; use backpressure or reject")
+            }
+        }
+        return settings
+    }
+
+    private func amqp(tls: Bool, hosts: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError) -> AMQPSettings {
+        var settings = AMQPSettings()
+        if tls { settings.tls = TLSSettings() }
+        settings.port = tls ? 5671 : 5672
+        if hosts.contains(",") { throw fail("amqp URLs take one host; use one URL per node") }
+        if !hosts.isEmpty {
+            let (host, port) = try hostAndPort(hosts)
+            if !host.isEmpty { settings.host = host }
+            if let port { settings.port = port }
+        }
+        if let userInfo {
+            let (user, password) = try credentials(userInfo)
+            settings.username = user
+            settings.password = password ?? ""
+        }
+        if path.isEmpty || path == "/" {
+            settings.virtualHost = "/"
+        } else {
+            let encoded = path.dropFirst()
+            if encoded.contains("/") { throw fail("the virtual host '\(encoded)' contains '/'; percent-encode it as %2F") }
+            settings.virtualHost = try decode(encoded, what: "virtual host")
+        }
+        if let value = options.removeValue(forKey: "heartbeat") { settings.heartbeatSeconds = try integer("heartbeat", value, min: 0, max: 65535) }
+        if let value = options.removeValue(forKey: "connection_timeout") { settings.connectionTimeoutSeconds = try integer("connection_timeout", value, min: 1) }
+        if let value = options.removeValue(forKey: "prefetch") { settings.prefetch = try integer("prefetch", value, min: 1, max: 65535) }
+        if let value = options.removeValue(forKey: "frame_max") { settings.frameMax = try integer("frame_max", value, min: 4096) }
+        if let value = options.removeValue(forKey: "queue_type") {
+            guard let type = AMQPSettings.QueueType(rawValue: value) else { throw fail("option queue_type is '\(value)'; use classic or quorum") }
+            settings.queueType = type
+        }
+        let tlsSettings = try tlsOptions(&options, scheme: tls ? "amqps" : "amqp", enabled: tls)
+        if tls { settings.tls = tlsSettings }
+        return settings
+    }
+
+    private func kafka(hosts: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError) -> KafkaSettings {
+        if !(path.isEmpty || path == "/") { throw fail("kafka URLs take no path ('\(path)'); topics are named in code") }
+        guard !hosts.isEmpty else { throw fail("it names no bootstrap server; write kafka://host:9092[,host2:9092]") }
+        var servers: [KafkaSettings.Server] = []
+        for part in hosts.split(separator: ",", omittingEmptySubsequences: false) {
+            guard !part.isEmpty else { throw fail("the server list '\(hosts)' has an empty entry") }
+            let (host, port) = try hostAndPort(part)
+            guard !host.isEmpty else { throw fail("server '\(part)' has no host") }
+            servers.append(KafkaSettings.Server(host: host, port: port ?? 9092))
+        }
+        var settings = KafkaSettings(bootstrapServers: servers)
+        if let userInfo {
+            let (user, password) = try credentials(userInfo)
+            settings.username = user
+            settings.password = password
+        }
+        if let value = options.removeValue(forKey: "client_id") { settings.clientID = value }
+        if let value = options.removeValue(forKey: "partitions") { settings.partitions = try integer("partitions", value, min: 1) }
+        if let value = options.removeValue(forKey: "replication_factor") { settings.replicationFactor = try integer("replication_factor", value, min: -1) }
+        if let value = options.removeValue(forKey: "sasl_mechanism") { settings.saslMechanism = value }
+        if let value = options.removeValue(forKey: "security_protocol") {
+            let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
+            guard known.contains(value.lowercased()) else { throw fail("option security_protocol is '\(value)'; use one of \(known.joined(separator: ", "))") }
+            settings.securityProtocol = value.lowercased()
+        }
+        let usesTLS = settings.securityProtocol.hasSuffix("ssl")
+        let tlsSettings = try tlsOptions(&options, scheme: "kafka", enabled: usesTLS)
+        if usesTLS { settings.tls = tlsSettings }
+        for key in options.keys where key.hasPrefix("rdkafka.") {
+            let property = String(key.dropFirst("rdkafka.".count))
+            guard !property.isEmpty else { throw fail("option 'rdkafka.' names no librdkafka property") }
+            settings.properties[property] = options.removeValue(forKey: key)
+        }
+        return settings
+    }
+
+    // MARK: Parts
+
+    private func tlsOptions(_ options: inout [String: String], scheme: String, enabled: Bool) throws(CourierError) -> TLSSettings {
+        var tls = TLSSettings()
+        let keys = ["cacertfile", "certfile", "keyfile", "verify"]
+        if !enabled, let key = keys.first(where: { options[$0] != nil }) {
+            throw fail("option \(key) needs TLS; use amqps:// or security_protocol=ssl")
+        }
+        tls.caCertificateFile = options.removeValue(forKey: "cacertfile")
+        tls.certificateFile = options.removeValue(forKey: "certfile")
+        tls.keyFile = options.removeValue(forKey: "keyfile")
+        if let value = options.removeValue(forKey: "verify") {
+            switch value {
+            case "verify_peer": tls.verifyPeer = true
+            case "verify_none": tls.verifyPeer = false
+            default: throw fail("option verify is '\(value)'; use verify_peer or verify_none")
+            }
+        }
+        if (tls.certificateFile == nil) != (tls.keyFile == nil) {
+            throw fail("certfile and keyfile go together: give both for a client certificate, or neither")
+        }
+        return tls
+    }
+
+    private func credentials(_ userInfo: Substring) throws(CourierError) -> (String, Secret?) {
+        guard let colon = userInfo.firstIndex(of: ":") else {
+            return (try decode(userInfo, what: "user name"), nil)
+        }
+        let user = try decode(userInfo[..<colon], what: "user name")
+        // The password is decoded but never shown, not even in this error.
+        guard let password = URLParser.percentDecode(userInfo[userInfo.index(after: colon)...]) else {
+            throw fail("the password has an invalid percent-encoding")
+        }
+        return (user, Secret(password))
+    }
+
+    private func hostAndPort(_ text: Substring) throws(CourierError) -> (String, Int?) {
+        var host: Substring
+        var portText: Substring?
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { throw fail("the IPv6 address '\(text)' has no closing ']'") }
+            host = text[text.index(after: text.startIndex)..<close]
+            let after = text[text.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":") else { throw fail("unexpected '\(after)' after the IPv6 address") }
+                portText = after.dropFirst()
+            }
+        } else if let colon = text.lastIndex(of: ":") {
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        } else {
+            host = text
+        }
+        for character in host where !(character.isLetter || character.isNumber || ".-_:".contains(character)) {
+            throw fail("the host '\(host)' contains '\(character)'")
+        }
+        guard let portText else { return (String(host), nil) }
+        guard let port = Int(portText), (1...65535).contains(port) else {
+            throw fail("the port '\(portText)' must be a number from 1 to 65535")
+        }
+        host = host.isEmpty ? "" : host
+        return (String(host), port)
+    }
+
+    private func parseQuery(_ query: Substring) throws(CourierError) -> [String: String] {
+        var options: [String: String] = [:]
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let key = try decode(parts[0], what: "option name")
+            guard parts.count == 2 else { throw fail("option '\(key)' has no value; write \(key)=VALUE") }
+            guard options[key] == nil else { throw fail("option '\(key)' is given twice") }
+            options[key] = try decode(parts[1], what: "value of option \(key)")
+        }
+        return options
+    }
+
+    private func integer(_ name: String, _ value: String, min: Int, max: Int = Int.max) throws(CourierError) -> Int {
+        guard let number = Int(value), number >= min, number <= max else {
+            let range = max == Int.max ? "\(min) or more" : "from \(min) to \(max)"
+            throw fail("option \(name) is '\(value)'; it must be a whole number \(range)")
+        }
+        return number
+    }
+
+    private func boolean(_ name: String, _ value: String) throws(CourierError) -> Bool {
+        switch value.lowercased() {
+        case "true", "1", "yes": return true
+        case "false", "0", "no": return false
+        default: throw fail("option \(name) is '\(value)'; use true or false")
+        }
+    }
+
+    private func decode(_ text: Substring, what: String) throws(CourierError) -> String {
+        guard let decoded = URLParser.percentDecode(text) else {
+            throw fail("the \(what) '\(text)' has an invalid percent-encoding")
+        }
+        return decoded
+    }
+
+    static func percentDecode(_ text: Substring) -> String? {
+        var bytes: [UInt8] = []
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            guard byte == UInt8(ascii: "%") else {
+                bytes.append(byte)
+                continue
+            }
+            guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else { return nil }
+            bytes.append(high << 4 | low)
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
+    static func format(host: String) -> String {
+        host.contains(":") ? "[\(host)]" : host
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+}

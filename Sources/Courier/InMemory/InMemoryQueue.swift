@@ -1,0 +1,402 @@
+import DequeModule
+import Foundation
+import Synchronization
+
+/// A message held by an in-memory queue, with its delivery attempt.
+struct StoredMessage: Sendable {
+    var envelope: Envelope
+    var attempt: Int
+}
+
+/// One queue of the in-memory broker: a command queue, a dead-letter queue, or a topic's
+/// subscription group. Consumers pull from it (a consumer that finds it empty waits), so
+/// competing consumers share its messages, and a message stays "held" from enqueue until
+/// it is acked or moved to a dead-letter queue: that count is what the capacity bounds.
+///
+/// Per-key order (when `ordered`): a key whose message is in flight is *busy*; later messages
+/// of that key are parked behind it and come back, in order, when it is settled. A nacked
+/// or returned message goes back to the front, so it is redelivered before its key's later
+/// messages.
+final class InMemoryQueue: DeliverySettler {
+    let origin: DeliveryOrigin
+    let ordered: Bool
+    let capacity: Int
+    let rejectWhenFull: Bool
+    /// Resume waiting publishers once the queue has drained to this many messages, so that a
+    /// publisher at capacity wakes once per batch, not once per message.
+    private let lowWater: Int
+    private unowned let broker: InMemoryBroker
+    private let state = Mutex(State())
+
+    init(origin: DeliveryOrigin, broker: InMemoryBroker) {
+        self.origin = origin
+        self.broker = broker
+        let configuration = broker.configuration
+        self.ordered = configuration.ordered
+        self.capacity = configuration.queueCapacity
+        self.rejectWhenFull = configuration.overflow == .reject
+        self.lowWater = max(0, capacity - max(1, capacity / 4))
+    }
+
+    private struct InFlight {
+        var message: StoredMessage
+        var consumer: Int
+        var maxAttempts: Int
+    }
+
+    private struct Consumer {
+        var prefetch: Int
+        var maxAttempts: Int
+        var inFlight = 0
+    }
+
+    private struct ConsumerWaiter {
+        let consumer: Int
+        let id: Int
+        let continuation: UnsafeContinuation<Delivery?, Never>
+    }
+
+    /// A consumer to resume, outside the lock, with what it waited for.
+    private struct Wake {
+        let continuation: UnsafeContinuation<Delivery?, Never>
+        let delivery: Delivery?
+        func resume() { continuation.resume(returning: delivery) }
+    }
+
+    private struct State {
+        var ready = Deque<StoredMessage>()
+        var parked: [String: Deque<StoredMessage>] = [:]
+        var busyKeys = Set<String>()
+        var unacked: [UInt64: InFlight] = [:]
+        var held = 0
+        var nextTag: UInt64 = 1
+        var nextID = 1
+        var consumers: [Int: Consumer] = [:]
+        var consumerWaiters = Deque<ConsumerWaiter>()
+        var publisherWaiters: [Int: UnsafeContinuation<Void, any Error>] = [:]
+        /// Waits whose task was cancelled before they registered.
+        var cancelledWaits = Set<Int>()
+        var timers: [Int: Task<Void, Never>] = [:]
+        var closed = false
+
+        mutating func makeID() -> Int {
+            defer { nextID += 1 }
+            return nextID
+        }
+
+        mutating func take(for consumerID: Int, queue: InMemoryQueue) -> Delivery? {
+            guard let consumer = consumers[consumerID], consumer.inFlight < consumer.prefetch else { return nil }
+            while let message = ready.popFirst() {
+                if queue.ordered, let key = message.envelope.key {
+                    if busyKeys.contains(key) {
+                        parked[key, default: []].append(message)
+                        continue
+                    }
+                    busyKeys.insert(key)
+                }
+                let tag = nextTag
+                nextTag += 1
+                unacked[tag] = InFlight(message: message, consumer: consumerID, maxAttempts: consumer.maxAttempts)
+                consumers[consumerID]!.inFlight += 1
+                return Delivery(envelope: message.envelope, attempt: message.attempt, origin: queue.origin, tag: tag, settler: queue)
+            }
+            return nil
+        }
+
+        /// Hands one available message to the first waiting consumer that may take it.
+        mutating func serveOne(queue: InMemoryQueue) -> Wake? {
+            guard !consumerWaiters.isEmpty, !ready.isEmpty else { return nil }
+            for index in consumerWaiters.indices {
+                let waiter = consumerWaiters[index]
+                guard let consumer = consumers[waiter.consumer], consumer.inFlight < consumer.prefetch else { continue }
+                guard let delivery = take(for: waiter.consumer, queue: queue) else { return nil }
+                consumerWaiters.remove(at: index)
+                return Wake(continuation: waiter.continuation, delivery: delivery)
+            }
+            return nil
+        }
+
+        mutating func serveAll(queue: InMemoryQueue) -> [Wake] {
+            var wakes: [Wake] = []
+            while let wake = serveOne(queue: queue) { wakes.append(wake) }
+            return wakes
+        }
+
+        /// A settled message no longer holds its key: the next parked message of that key
+        /// moves to the front.
+        mutating func release(key: String?) {
+            guard let key else { return }
+            busyKeys.remove(key)
+            guard var waiting = parked.removeValue(forKey: key) else { return }
+            if let next = waiting.popFirst() { ready.prepend(next) }
+            if !waiting.isEmpty { parked[key] = waiting }
+        }
+
+        /// Puts a message back at the front: it is older than everything behind it, and
+        /// older than the parked messages of its key.
+        mutating func returnToFront(_ message: StoredMessage, ordered: Bool) {
+            ready.prepend(message)
+            if ordered, let key = message.envelope.key { busyKeys.remove(key) }
+        }
+
+        mutating func publishersToWake(lowWater: Int) -> [UnsafeContinuation<Void, any Error>] {
+            guard !publisherWaiters.isEmpty, held <= lowWater else { return [] }
+            defer { publisherWaiters.removeAll() }
+            return Array(publisherWaiters.values)
+        }
+    }
+
+    // MARK: Producing
+
+    /// Stores a message, waiting for space (back-pressure) or throwing when full, as configured.
+    func enqueue(_ message: StoredMessage) async throws {
+        while true {
+            enum Outcome { case stored(Wake?), full, closed }
+            let outcome: Outcome = state.withLock { state in
+                if state.closed { return .closed }
+                if state.held >= capacity { return .full }
+                state.held += 1
+                state.ready.append(message)
+                return .stored(state.serveOne(queue: self))
+            }
+            switch outcome {
+            case .stored(let wake):
+                wake?.resume()
+                return
+            case .closed:
+                throw CourierError.transportClosed("storing a message in \(origin)")
+            case .full:
+                if rejectWhenFull {
+                    throw CourierError(
+                        .queueFull,
+                        "\(origin) holds \(capacity) messages, its capacity; consume faster, raise queueCapacity, or choose the back-pressure overflow policy",
+                        isRetriable: true
+                    )
+                }
+                try await waitForSpace()
+            }
+        }
+    }
+
+    private func waitForSpace() async throws {
+        let id = state.withLock { $0.makeID() }
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                let immediate: Result<Void, any Error>? = state.withLock { state in
+                    if state.cancelledWaits.remove(id) != nil { return .failure(CancellationError()) }
+                    if state.closed { return .failure(CourierError.transportClosed("waiting for space in \(origin)")) }
+                    if state.held < capacity { return .success(()) }
+                    state.publisherWaiters[id] = continuation
+                    return nil
+                }
+                if let immediate { continuation.resume(with: immediate) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> UnsafeContinuation<Void, any Error>? in
+                if let waiter = state.publisherWaiters.removeValue(forKey: id) { return waiter }
+                state.cancelledWaits.insert(id)
+                return nil
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    // MARK: Consuming
+
+    func addConsumer(_ options: SubscriptionOptions) throws -> Int {
+        try state.withLock { state in
+            if state.closed { throw CourierError.transportClosed("consuming \(origin)") }
+            let id = state.makeID()
+            state.consumers[id] = Consumer(prefetch: options.prefetch, maxAttempts: options.maxDeliveryAttempts)
+            return id
+        }
+    }
+
+    func next(consumer: Int) async -> Delivery? {
+        enum Fast { case delivery(Delivery), gone, wait(Int) }
+        let fast: Fast = state.withLock { state in
+            guard state.consumers[consumer] != nil else { return .gone }
+            if let delivery = state.take(for: consumer, queue: self) { return .delivery(delivery) }
+            return .wait(state.makeID())
+        }
+        let waitID: Int
+        switch fast {
+        case .delivery(let delivery): return delivery
+        case .gone: return nil
+        case .wait(let id): waitID = id
+        }
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Delivery?, Never>) in
+                let immediate: Delivery?? = state.withLock { state in
+                    if state.cancelledWaits.remove(waitID) != nil { return .some(nil) }
+                    guard state.consumers[consumer] != nil else { return .some(nil) }
+                    if let delivery = state.take(for: consumer, queue: self) { return .some(delivery) }
+                    state.consumerWaiters.append(ConsumerWaiter(consumer: consumer, id: waitID, continuation: continuation))
+                    return .none
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> ConsumerWaiter? in
+                if let index = state.consumerWaiters.firstIndex(where: { $0.id == waitID }) {
+                    return state.consumerWaiters.remove(at: index)
+                }
+                state.cancelledWaits.insert(waitID)
+                return nil
+            }
+            waiter?.continuation.resume(returning: nil)
+        }
+    }
+
+    /// Removes a consumer: its waits end, and its un-acked messages go back to the front, in
+    /// their original order, for the other consumers.
+    func removeConsumer(_ consumer: Int) {
+        let (ended, wakes): ([ConsumerWaiter], [Wake]) = state.withLock { state in
+            guard state.consumers.removeValue(forKey: consumer) != nil else { return ([], []) }
+            let returned = state.unacked.filter { $0.value.consumer == consumer }.sorted { $0.key > $1.key }
+            for (tag, inFlight) in returned {
+                state.unacked.removeValue(forKey: tag)
+                state.returnToFront(inFlight.message, ordered: ordered)
+            }
+            var ended: [ConsumerWaiter] = []
+            state.consumerWaiters.removeAll { waiter in
+                guard waiter.consumer == consumer else { return false }
+                ended.append(waiter)
+                return true
+            }
+            return (ended, state.serveAll(queue: self))
+        }
+        for waiter in ended { waiter.continuation.resume(returning: nil) }
+        for wake in wakes { wake.resume() }
+    }
+
+    // MARK: Settling
+
+    func ack(tag: UInt64) throws {
+        let (publishers, wakes): ([UnsafeContinuation<Void, any Error>], [Wake]) = try state.withLock { state in
+            guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.settled(tag) }
+            state.consumers[inFlight.consumer]?.inFlight -= 1
+            state.held -= 1
+            if ordered { state.release(key: inFlight.message.envelope.key) }
+            let publishers = state.publishersToWake(lowWater: lowWater)
+            return (publishers, state.consumerWaiters.isEmpty ? [] : state.serveAll(queue: self))
+        }
+        for publisher in publishers { publisher.resume() }
+        for wake in wakes { wake.resume() }
+    }
+
+    func nack(tag: UInt64, delay: Duration) async throws {
+        enum Outcome { case requeued([Wake]), delayed, exhausted(InFlight) }
+        let outcome: Outcome = try state.withLock { state in
+            guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.settled(tag) }
+            state.consumers[inFlight.consumer]?.inFlight -= 1
+            if inFlight.message.attempt >= inFlight.maxAttempts { return .exhausted(inFlight) }
+            var message = inFlight.message
+            message.attempt += 1
+            if delay <= .zero {
+                state.returnToFront(message, ordered: ordered)
+                return .requeued(state.serveAll(queue: self))
+            }
+            // The key stays busy during the delay, so its later messages wait behind this one.
+            let timer = state.makeID()
+            state.timers[timer] = Task { [self] in
+                try? await Task.sleep(for: delay)
+                self.redeliver(message, timer: timer)
+            }
+            return .delayed
+        }
+        switch outcome {
+        case .requeued(let wakes):
+            for wake in wakes { wake.resume() }
+        case .delayed:
+            break
+        case .exhausted(let inFlight):
+            try await moveToDeadLetters(
+                inFlight.message,
+                reason: "delivery attempts exhausted: \(inFlight.message.attempt) of \(inFlight.maxAttempts)"
+            )
+        }
+    }
+
+    private func redeliver(_ message: StoredMessage, timer: Int) {
+        let wakes: [Wake] = state.withLock { state in
+            guard state.timers.removeValue(forKey: timer) != nil, !state.closed else { return [] }
+            state.returnToFront(message, ordered: ordered)
+            return state.serveAll(queue: self)
+        }
+        for wake in wakes { wake.resume() }
+    }
+
+    func deadLetter(tag: UInt64, reason: String) async throws {
+        let message: StoredMessage = try state.withLock { state in
+            guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.settled(tag) }
+            state.consumers[inFlight.consumer]?.inFlight -= 1
+            return inFlight.message
+        }
+        try await moveToDeadLetters(message, reason: reason)
+    }
+
+    /// Stores the message in the dead-letter queue first, then drops it here: if the
+    /// dead-letter queue refuses it, the message is returned for redelivery, never lost.
+    private func moveToDeadLetters(_ message: StoredMessage, reason: String) async throws {
+        var envelope = message.envelope
+        envelope.headers[CourierHeader.deadLetterReason] = reason
+        envelope.headers[CourierHeader.deadLetterOriginKind] = origin.kind
+        envelope.headers[CourierHeader.deadLetterOrigin] = origin.destination
+        envelope.headers[CourierHeader.deadLetterGroup] = origin.group
+        envelope.headers[CourierHeader.deadLetterTime] = RFC3339.string(from: Date())
+        envelope.headers[CourierHeader.attempt] = String(message.attempt)
+        do {
+            let deadLetters = try broker.queue(named: origin.defaultDeadLetterQueue)
+            try await deadLetters.enqueue(StoredMessage(envelope: envelope, attempt: 1))
+        } catch {
+            let wakes: [Wake] = state.withLock { state in
+                state.returnToFront(message, ordered: ordered)
+                return state.serveAll(queue: self)
+            }
+            for wake in wakes { wake.resume() }
+            throw error
+        }
+        let (publishers, wakes): ([UnsafeContinuation<Void, any Error>], [Wake]) = state.withLock { state in
+            state.held -= 1
+            if ordered { state.release(key: message.envelope.key) }
+            return (state.publishersToWake(lowWater: lowWater), state.serveAll(queue: self))
+        }
+        for publisher in publishers { publisher.resume() }
+        for wake in wakes { wake.resume() }
+    }
+
+    // MARK: Replay and shutdown
+
+    /// Replaces the waiting messages with `messages` (a rewind); in-flight ones stay in flight.
+    func replace(with messages: [StoredMessage]) {
+        let wakes: [Wake] = state.withLock { state in
+            let dropped = state.ready.count + state.parked.values.reduce(0) { $0 + $1.count }
+            state.ready = Deque(messages)
+            state.parked = [:]
+            state.held += messages.count - dropped
+            return state.serveAll(queue: self)
+        }
+        for wake in wakes { wake.resume() }
+    }
+
+    /// How many messages the queue holds (waiting, delayed and in flight).
+    var count: Int { state.withLock { $0.held } }
+
+    /// Ends every wait and timer; further operations throw ``CourierError/Code/transportClosed``.
+    func close() {
+        let (consumers, publishers, timers) = state.withLock { state in
+            state.closed = true
+            state.consumers.removeAll()
+            defer {
+                state.consumerWaiters.removeAll()
+                state.publisherWaiters.removeAll()
+                state.timers.removeAll()
+            }
+            return (Array(state.consumerWaiters), Array(state.publisherWaiters.values), Array(state.timers.values))
+        }
+        for waiter in consumers { waiter.continuation.resume(returning: nil) }
+        for publisher in publishers { publisher.resume(throwing: CourierError.transportClosed("waiting for space in \(origin)")) }
+        for timer in timers { timer.cancel() }
+    }
+}
