@@ -1,0 +1,29 @@
+import Courier
+import CourierConformance
+import Testing
+
+/// The whole conformance suite, full counts, on the in-memory transport.
+@Suite("Conformance: InMemoryTransport")
+struct InMemoryConformanceTests {
+    static let broker = try! InMemoryBroker()
+    static let suite = ConformanceSuite { InMemoryTransport(broker: broker) }
+
+    @Test("scenario", arguments: ConformanceScenario.allCases)
+    func scenario(_ scenario: ConformanceScenario) async throws {
+        do {
+            print("[conformance memory] \(try await Self.suite.run(scenario))")
+        } catch let failure as ConformanceFailure {
+            print("[conformance memory] \(failure)")
+            Issue.record("\(failure)")
+        }
+    }
+
+    /// Reports, as a skipped test, the scenarios the transport's capabilities rule out.
+    @Test("scenarios skipped for a missing capability")
+    func skippedScenarios() async throws {
+        let skipped = try await Self.suite.skippedScenarios()
+        if !skipped.isEmpty {
+            try Test.cancel(Comment(rawValue: skipped.map { "\($0.scenario): \($0.reason)" }.joined(separator: "; ")))
+        }
+    }
+}
