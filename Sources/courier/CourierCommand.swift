@@ -1,0 +1,36 @@
+import ArgumentParser
+import Courier
+
+@main
+struct CourierCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "courier",
+        abstract: "Message-based integration for Swift: events and commands over RabbitMQ, Kafka or memory.",
+        discussion: """
+            Every command takes a transport URL with --transport (default: the \
+            COURIER_TRANSPORT_URL environment variable, else memory://).
+
+            Examples:
+              courier demo
+              courier demo --customers 50
+              courier bench --messages 1000000 --size 256 --publishers 4 --consumers 4
+            """,
+        subcommands: [Demo.self, Bench.self]
+    )
+}
+
+/// The `--transport` option shared by every subcommand.
+struct TransportOptions: ParsableArguments {
+    @Option(name: .long, help: "Transport URL: memory://, amqp://user:pass@host:5672/vhost, kafka://host:9092.")
+    var transport: String?
+
+    /// The URL given, else `COURIER_TRANSPORT_URL`, else `memory://`.
+    var url: String {
+        transport ?? ProcessEnvironment.value("COURIER_TRANSPORT_URL") ?? "memory://"
+    }
+
+    /// Connects the transport the URL names.
+    func connect() throws -> any Transport {
+        try TransportFactory.connect(url)
+    }
+}

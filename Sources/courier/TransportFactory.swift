@@ -1,0 +1,51 @@
+import Courier
+import Foundation
+
+/// Turns a transport URL into a connected transport, for every transport linked into the tool.
+enum TransportFactory {
+    static func connect(_ url: String) throws -> any Transport {
+        switch try TransportURL(url) {
+        case .memory(let settings):
+            return try settings.makeTransport()
+        case .amqp(let settings):
+            throw CourierError(
+                .unsupportedTransport,
+                "\(settings) names RabbitMQ, and this build of courier does not link the CourierRabbitMQ adapter; use memory:// or a build that includes it"
+            )
+        case .kafka(let settings):
+            throw CourierError(
+                .unsupportedTransport,
+                "\(settings) names Kafka, and this build of courier does not link the CourierKafka adapter; use memory:// or a build that includes it"
+            )
+        }
+    }
+}
+
+enum ProcessEnvironment {
+    static func value(_ name: String) -> String? {
+        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { return nil }
+        return value
+    }
+}
+
+/// Lines printed from concurrent tasks, one whole line at a time.
+final class Console: Sendable {
+    private let lock = NSLock()
+    func line(_ text: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        print(text)
+        fflush(nil)
+    }
+
+    /// Prints `text(elapsed)`, the elapsed time since `start` read under the lock so that
+    /// lines appear in time order.
+    func line(since start: ContinuousClock.Instant, _ text: (String) -> String) {
+        lock.lock()
+        defer { lock.unlock() }
+        let elapsed = ContinuousClock.now - start
+        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+        print(text(String(format: "%9.1f ms", ms)))
+        fflush(nil)
+    }
+}
