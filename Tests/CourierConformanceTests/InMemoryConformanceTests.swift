@@ -27,3 +27,18 @@ struct InMemoryConformanceTests {
         }
     }
 }
+
+@Suite("Conformance: README usage")
+struct ConformanceReadmeTests {
+    /// The README's conformance example, with the short counts.
+    @Test func runAllReportsEveryScenario() async throws {
+        let broker = try InMemoryBroker()
+        var configuration = ConformanceConfiguration()
+        configuration.size = .short
+        let suite = ConformanceSuite(configuration: configuration) { InMemoryTransport(broker: broker) }
+        let reports = try await suite.runAll()
+        for report in reports { print(report) }
+        #expect(reports.count == ConformanceScenario.allCases.count)
+        #expect(reports.filter(\.isSkipped).map(\.scenario) == [.reconnect])
+    }
+}
