@@ -11,6 +11,7 @@ let package = Package(
     products: [
         .library(name: "Courier", targets: ["Courier"]),
         .library(name: "CourierConformance", targets: ["CourierConformance"]),
+        .library(name: "CourierRabbitMQ", targets: ["CourierRabbitMQ"]),
         .executable(name: "courier", targets: ["courier"]),
     ],
     dependencies: [
@@ -28,6 +29,21 @@ let package = Package(
         .target(
             name: "CourierConformance",
             dependencies: ["Courier"],
+            swiftSettings: strictness
+        ),
+        .target(
+            name: "CRabbitMQ",
+            path: "Adapters/RabbitMQ/CRabbitMQ",
+            linkerSettings: [.linkedLibrary("rabbitmq")]
+        ),
+        .target(
+            name: "CourierRabbitMQ",
+            dependencies: [
+                "Courier",
+                "CRabbitMQ",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            path: "Adapters/RabbitMQ/CourierRabbitMQ",
             swiftSettings: strictness
         ),
         .executableTarget(

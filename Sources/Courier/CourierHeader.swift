@@ -42,6 +42,8 @@ public enum CourierHeader {
     public static let deadLetterOrigin = "ce_courierdlorigin"
     /// Courier extension, on dead letters from a topic: the subscription group.
     public static let deadLetterGroup = "ce_courierdlgroup"
+    /// Courier extension, on dead letters: how many delivery attempts the message had.
+    public static let deadLetterAttempts = "ce_courierdlattempts"
     /// Courier extension, on dead letters: when it was dead-lettered, RFC 3339.
     public static let deadLetterTime = "ce_courierdltime"
     /// Courier extension, on dead letters from a failing handler: the error's type.
@@ -60,7 +62,7 @@ public enum CourierHeader {
     public static let all: [String] = [
         id, type, source, time, specVersion, subject, dataSchema, contentType, partitionKey,
         correlationID, causationID, attempt, deadLetterReason, deadLetterOriginKind,
-        deadLetterOrigin, deadLetterGroup, deadLetterTime, errorType, errorMessage,
+        deadLetterOrigin, deadLetterGroup, deadLetterAttempts, deadLetterTime, errorType, errorMessage,
         traceParent, traceState,
     ]
 }

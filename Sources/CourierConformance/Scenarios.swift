@@ -418,8 +418,8 @@ struct Scenarios: Sendable {
             let second = deadLetters.arrival(exhausted)!.envelope.headers
             try check(first[CourierHeader.deadLetterReason] == reason, "dead letter reason is \(first[CourierHeader.deadLetterReason] ?? "missing"), expected \(reason)")
             try check(!(second[CourierHeader.deadLetterReason] ?? "").isEmpty, "the exhausted message has no dead-letter reason")
-            try check(first[CourierHeader.attempt] == "1", "explicit dead letter has attempt header \(first[CourierHeader.attempt] ?? "missing"), expected 1")
-            try check(second[CourierHeader.attempt] == "2", "exhausted dead letter has attempt header \(second[CourierHeader.attempt] ?? "missing"), expected 2")
+            try check(first[CourierHeader.deadLetterAttempts] == "1", "explicit dead letter has attempts header \(first[CourierHeader.deadLetterAttempts] ?? "missing"), expected 1")
+            try check(second[CourierHeader.deadLetterAttempts] == "2", "exhausted dead letter has attempts header \(second[CourierHeader.deadLetterAttempts] ?? "missing"), expected 2")
             for headers in [first, second] {
                 try check(headers[CourierHeader.deadLetterOriginKind] == "topic", "dead letter origin kind is \(headers[CourierHeader.deadLetterOriginKind] ?? "missing")")
                 try check(headers[CourierHeader.deadLetterOrigin] == topic, "dead letter origin is \(headers[CourierHeader.deadLetterOrigin] ?? "missing"), expected \(topic)")

@@ -339,13 +339,7 @@ final class InMemoryQueue: DeliverySettler {
     /// Stores the message in the dead-letter queue first, then drops it here: if the
     /// dead-letter queue refuses it, the message is returned for redelivery, never lost.
     private func moveToDeadLetters(_ message: StoredMessage, reason: String) async throws {
-        var envelope = message.envelope
-        envelope.headers[CourierHeader.deadLetterReason] = reason
-        envelope.headers[CourierHeader.deadLetterOriginKind] = origin.kind
-        envelope.headers[CourierHeader.deadLetterOrigin] = origin.destination
-        envelope.headers[CourierHeader.deadLetterGroup] = origin.group
-        envelope.headers[CourierHeader.deadLetterTime] = RFC3339.string(from: Date())
-        envelope.headers[CourierHeader.attempt] = String(message.attempt)
+        let envelope = WireFormat.deadLetter(message.envelope, reason: reason, origin: origin, attempts: message.attempt)
         do {
             let deadLetters = try broker.queue(named: origin.defaultDeadLetterQueue)
             try await deadLetters.enqueue(StoredMessage(envelope: envelope, attempt: 1))

@@ -1,0 +1,777 @@
+import CRabbitMQ
+import Courier
+import DequeModule
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A message as it arrived on a consumer channel, copied out of librabbitmq's buffers.
+struct RawDelivery: Sendable {
+    var deliveryTag: UInt64
+    var headers: [String: String]
+    var messageID: String?
+    var timestamp: UInt64?
+    var body: [UInt8]
+}
+
+/// What owns a consumer channel. Every method is called on the connection's thread.
+protocol AMQPChannelOwner: AnyObject, Sendable {
+    /// Declares what the consumer reads and starts `basic.consume` on `channel`; called when the
+    /// channel opens and again after every reconnect.
+    func open(_ connection: AMQPConnection, channel: UInt16, generation: UInt64) throws(CourierError)
+    /// A message for this consumer.
+    func deliver(_ delivery: RawDelivery, generation: UInt64)
+    /// The channel is gone: its un-acked deliveries will be redelivered by the broker. When
+    /// `final` the owner is detached for good (the transport shut down or reopening failed).
+    func channelLost(_ error: CourierError, final: Bool)
+}
+
+/// One AMQP connection, owned by one thread: librabbitmq is not thread-safe, so every call on
+/// the connection happens on that thread, and Swift tasks reach it only through commands
+/// (closures) it runs between reading frames. Nothing blocks the cooperative pool.
+///
+/// The thread reads frames without blocking, waits in `poll(2)` on the socket and an eventfd
+/// that commands ring, sends heartbeats (librabbitmq does so inside its reads), matches
+/// publisher confirms (multiple ones included), assembles deliveries per channel, and
+/// coalesces acks into `multiple` acks when they are contiguous. When the connection is lost
+/// it reconnects with exponential backoff and jitter, re-opens channels, lets their owners
+/// re-declare and re-consume, and republishes every message whose confirm never came.
+///
+/// Mutable state below `// Thread-confined` is touched only on the connection's thread.
+final class AMQPConnection: @unchecked Sendable {
+    let settings: AMQPSettings
+    let label: String
+    /// How long a publish may wait for its confirm before it fails with `notConfirmed`.
+    let confirmTimeout: Duration
+
+    private let commands = Mutex<Deque<@Sendable (AMQPConnection) -> Void>>([])
+    private let wakeFD: Int32
+    private let sleeping = Atomic<Bool>(false)
+    private let stopping = Atomic<Bool>(false)
+    private let finished = Mutex<[CheckedContinuation<Void, Never>]?>([])
+
+    // Thread-confined.
+    private var state: amqp_connection_state_t?
+    private(set) var generation: UInt64 = 0
+    private var owners: [UInt16: any AMQPChannelOwner] = [:]
+    private var assembling: [UInt16: Assembly] = [:]
+    private var ackTrackers: [UInt16: AckTracker] = [:]
+    private var nextChannel: UInt16 = 2
+    private var freeChannels: [UInt16] = []
+    private var declared = Set<String>()
+    private var publishTag: UInt64 = 0
+    private var unconfirmed = Deque<Unconfirmed>()
+    private var publisherReady = false
+
+    /// The publishing channel; consumer channels are numbered from 2.
+    static let publishChannel: UInt16 = 1
+
+    init(settings: AMQPSettings, label: String, confirmTimeout: Duration = .seconds(60)) {
+        self.settings = settings
+        self.label = label
+        self.confirmTimeout = confirmTimeout
+        self.wakeFD = courier_wake_fd()
+    }
+
+    deinit {
+        close(wakeFD)
+    }
+
+    // MARK: Life cycle
+
+    /// Connects (failing fast with a typed error when the broker is unreachable or refuses the
+    /// credentials) and starts the connection's thread.
+    func start() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let thread = Thread { [self] in
+                do {
+                    try self.connect()
+                } catch {
+                    continuation.resume(throwing: error)
+                    self.finish()
+                    return
+                }
+                continuation.resume()
+                self.run()
+            }
+            thread.name = "courier-amqp-\(label)"
+            thread.start()
+        }
+    }
+
+    /// Closes the connection after the commands already submitted; waits for the thread.
+    func stop() async {
+        guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else {
+            await waitUntilFinished()
+            return
+        }
+        wake()
+        await waitUntilFinished()
+    }
+
+    private func waitUntilFinished() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = finished.withLock { waiters -> Bool in
+                guard waiters != nil else { return true }
+                waiters!.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    private func finish() {
+        let waiters = finished.withLock { waiters in
+            defer { waiters = nil }
+            return waiters ?? []
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    var isStopping: Bool { stopping.load(ordering: .acquiring) }
+
+    // MARK: Commands
+
+    /// Runs `body` on the connection's thread.
+    func submit(_ body: @escaping @Sendable (AMQPConnection) -> Void) {
+        commands.withLock { $0.append(body) }
+        wake()
+    }
+
+    /// Runs `body` on the connection's thread and returns its result.
+    func perform<T: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws(CourierError) -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            guard !isStopping else {
+                continuation.resume(throwing: CourierError(.transportClosed, "the RabbitMQ connection \(label) was closed; create a new transport"))
+                return
+            }
+            submit { connection in
+                do throws(CourierError) {
+                    continuation.resume(returning: try body(connection))
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    private func wake() {
+        if sleeping.load(ordering: .acquiring) {
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, 8)
+        }
+    }
+
+    // MARK: The thread
+
+    private func run() {
+        var failure: CourierError?
+        while true {
+            if isStopping { break }
+            do throws(CourierError) {
+                try runCommands()
+                flushAcks()
+                try readFrames()
+                expireConfirms()
+            } catch {
+                if isStopping { break }
+                failure = error
+                connectionLost(error)
+                guard reconnect() else { break }
+                failure = nil
+            }
+        }
+        // Drain: commands submitted before stop still run (acks, closes), then close.
+        if state != nil && failure == nil {
+            try? runCommands()
+            flushAcks()
+            if let state {
+                _ = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
+            }
+        }
+        let closed = CourierError(.transportClosed, "the RabbitMQ connection \(label) was closed")
+        for (_, owner) in owners { owner.channelLost(closed, final: true) }
+        owners.removeAll()
+        failUnconfirmed(closed)
+        failCommands()
+        if let state { amqp_destroy_connection(state) }
+        state = nil
+        finish()
+    }
+
+    private func failCommands() {
+        // Commands still queued run against a closed connection: each fails with transportClosed.
+        while let command = commands.withLock({ $0.popFirst() }) { command(self) }
+    }
+
+    private func runCommands() throws(CourierError) {
+        while let command = commands.withLock({ $0.popFirst() }) {
+            command(self)
+            if let lost = pendingLoss {
+                pendingLoss = nil
+                throw lost
+            }
+        }
+    }
+
+    /// A command that found the connection broken records it here; the loop then reconnects.
+    private var pendingLoss: CourierError?
+
+    func connectionBroke(_ error: CourierError) {
+        if pendingLoss == nil { pendingLoss = error }
+    }
+
+    private func readFrames() throws(CourierError) {
+        guard let state else { throw lost("no connection") }
+        var handled = 0
+        while handled < 512 {
+            if amqp_frames_enqueued(state) == 0 && amqp_data_in_buffer(state) == 0 {
+                if handled > 0 || !commands.withLock({ $0.isEmpty }) { return }
+                if !waitForInput() { return }
+            }
+            var frame = amqp_frame_t()
+            var zero = timeval(tv_sec: 0, tv_usec: 0)
+            let status = amqp_simple_wait_frame_noblock(state, &frame, &zero)
+            if status == AMQP_STATUS_TIMEOUT.rawValue { return }
+            guard status == AMQP_STATUS_OK.rawValue else { throw lost(status) }
+            try handle(frame)
+            handled += 1
+            if let lost = pendingLoss {
+                pendingLoss = nil
+                throw lost
+            }
+        }
+    }
+
+    /// Waits for socket input or a command; returns whether there may be input to read.
+    private func waitForInput() -> Bool {
+        guard let state else { return false }
+        let heartbeatMillis = settings.heartbeatSeconds > 0 ? settings.heartbeatSeconds * 500 : 1000
+        let timeout = Int32(min(100, heartbeatMillis))
+        sleeping.store(true, ordering: .sequentiallyConsistent)
+        defer { sleeping.store(false, ordering: .releasing) }
+        if !commands.withLock({ $0.isEmpty }) || isStopping { return false }
+        var fds = [
+            pollfd(fd: amqp_get_sockfd(state), events: Int16(POLLIN), revents: 0),
+            pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
+        ]
+        _ = poll(&fds, 2, timeout)
+        if fds[1].revents != 0 {
+            var value: UInt64 = 0
+            _ = read(wakeFD, &value, 8)
+        }
+        // Even on a timeout, reading lets librabbitmq send and check heartbeats.
+        return true
+    }
+
+    // MARK: Frames
+
+    private struct Assembly {
+        var delivery: RawDelivery
+        var expected: Int
+        var discard: Bool
+    }
+
+    private func handle(_ frame: amqp_frame_t) throws(CourierError) {
+        let channel = frame.channel
+        switch Int32(frame.frame_type) {
+        case AMQP_FRAME_METHOD:
+            let method = frame.payload.method
+            switch method.id {
+            case AMQP_BASIC_ACK_METHOD:
+                let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+                confirm(upTo: ack.delivery_tag, multiple: ack.multiple != 0, ok: true)
+            case AMQP_BASIC_NACK_METHOD:
+                let nack = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+                confirm(upTo: nack.delivery_tag, multiple: nack.multiple != 0, ok: false)
+            case AMQP_BASIC_DELIVER_METHOD:
+                let deliver = method.decoded.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
+                assembling[channel] = Assembly(
+                    delivery: RawDelivery(deliveryTag: deliver.delivery_tag, headers: [:], messageID: nil, timestamp: nil, body: []),
+                    expected: -1,
+                    discard: owners[channel] == nil
+                )
+            case AMQP_BASIC_RETURN_METHOD:
+                assembling[channel] = Assembly(delivery: RawDelivery(deliveryTag: 0, headers: [:], body: []), expected: -1, discard: true)
+            case AMQP_CHANNEL_CLOSE_METHOD:
+                let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                let text = AMQPCodec.string(close.reply_text)
+                var ok = amqp_channel_close_ok_t(dummy: 0)
+                _ = amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+                try channelClosedByBroker(channel, code: close.reply_code, text: text)
+            case AMQP_CONNECTION_CLOSE_METHOD:
+                let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                var ok = amqp_connection_close_ok_t(dummy: 0)
+                _ = amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
+                throw lost("the broker closed the connection: \(close.reply_code) \(AMQPCodec.string(close.reply_text))")
+            case AMQP_BASIC_CANCEL_METHOD:
+                // The broker cancelled a consumer (its queue was deleted): reopen it, which
+                // re-declares the queue.
+                var ok = amqp_basic_cancel_ok_t(consumer_tag: method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee.consumer_tag)
+                _ = amqp_send_method(state, channel, AMQP_BASIC_CANCEL_OK_METHOD, &ok)
+                try reopenConsumer(channel, reason: "the broker cancelled the consumer")
+            default:
+                break
+            }
+        case AMQP_FRAME_HEADER:
+            guard var assembly = assembling[channel] else { return }
+            assembly.expected = Int(frame.payload.properties.body_size)
+            if !assembly.discard, let decoded = frame.payload.properties.decoded {
+                let properties = decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee
+                if properties._flags & amqp_flags_t(AMQP_BASIC_HEADERS_FLAG) != 0 {
+                    assembly.delivery.headers = AMQPCodec.strings(properties.headers)
+                }
+                if properties._flags & amqp_flags_t(AMQP_BASIC_MESSAGE_ID_FLAG) != 0 {
+                    assembly.delivery.messageID = AMQPCodec.string(properties.message_id)
+                }
+                if properties._flags & amqp_flags_t(AMQP_BASIC_TIMESTAMP_FLAG) != 0 {
+                    assembly.delivery.timestamp = properties.timestamp
+                }
+            }
+            assembly.delivery.body.reserveCapacity(assembly.expected)
+            assembling[channel] = assembly
+            if assembly.expected == 0 { complete(channel) }
+        case AMQP_FRAME_BODY:
+            guard var assembly = assembling[channel] else { return }
+            assembling[channel] = nil  // keep the body array uniquely referenced while appending
+            if !assembly.discard {
+                let fragment = frame.payload.body_fragment
+                if fragment.len > 0, let bytes = fragment.bytes {
+                    assembly.delivery.body.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: fragment.len))
+                }
+            } else {
+                assembly.expected -= frame.payload.body_fragment.len
+            }
+            assembling[channel] = assembly
+            if assembly.delivery.body.count >= assembly.expected || assembly.expected <= 0 { complete(channel) }
+        default:
+            break
+        }
+        amqp_maybe_release_buffers_on_channel(state, channel)
+    }
+
+    private func complete(_ channel: UInt16) {
+        guard let assembly = assembling.removeValue(forKey: channel), !assembly.discard, let owner = owners[channel] else { return }
+        ackTrackers[channel, default: AckTracker()].delivered(assembly.delivery.deliveryTag)
+        owner.deliver(assembly.delivery, generation: generation)
+    }
+
+    // MARK: Connecting
+
+    private func connect() throws(CourierError) {
+        guard let state = amqp_new_connection() else { throw CourierError(.unreachable, "librabbitmq could not allocate a connection") }
+        var ok = false
+        defer { if !ok { amqp_destroy_connection(state) } }
+        let socket: OpaquePointer?
+        if let tls = settings.tls {
+            socket = amqp_ssl_socket_new(state)
+            guard let socket else { throw CourierError(.unreachable, "librabbitmq could not create a TLS socket") }
+            if let ca = tls.caCertificateFile, amqp_ssl_socket_set_cacert(socket, ca) != AMQP_STATUS_OK.rawValue {
+                throw CourierError(.invalidConfiguration, "could not read the CA certificate file \(ca); check the cacertfile option")
+            }
+            if let certificate = tls.certificateFile, let key = tls.keyFile,
+                amqp_ssl_socket_set_key(socket, certificate, key) != AMQP_STATUS_OK.rawValue
+            {
+                throw CourierError(.invalidConfiguration, "could not read the client certificate \(certificate) or key \(key); check certfile and keyfile")
+            }
+            amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
+            amqp_ssl_socket_set_verify_hostname(socket, tls.verifyPeer ? 1 : 0)
+        } else {
+            socket = amqp_tcp_socket_new(state)
+        }
+        guard let socket else { throw CourierError(.unreachable, "librabbitmq could not create a socket") }
+        var timeout = timeval(tv_sec: settings.connectionTimeoutSeconds, tv_usec: 0)
+        let opened = amqp_socket_open_noblock(socket, settings.host, Int32(settings.port), &timeout)
+        guard opened == AMQP_STATUS_OK.rawValue else {
+            throw CourierError(
+                .unreachable,
+                "cannot reach RabbitMQ at \(settings.host):\(settings.port) (\(String(cString: amqp_error_string2(opened)))); check that the broker runs and the URL \(settings) is right",
+                isRetriable: true
+            )
+        }
+        let login = courier_amqp_login_plain(
+            state, settings.virtualHost, 0, Int32(settings.frameMax), Int32(settings.heartbeatSeconds),
+            settings.username, settings.password.revealed
+        )
+        guard login.reply_type == AMQP_RESPONSE_NORMAL else {
+            let detail = Self.describe(login)
+            if detail.contains("ACCESS_REFUSED") || detail.contains("403") || login.library_error == AMQP_STATUS_CONNECTION_CLOSED.rawValue
+                || login.library_error == AMQP_STATUS_SOCKET_ERROR.rawValue
+            {
+                throw CourierError(
+                    .authenticationFailed,
+                    "RabbitMQ at \(settings.host):\(settings.port) refused user '\(settings.username)' on virtual host '\(settings.virtualHost)' (\(detail)); check the user name, password and vhost permissions"
+                )
+            }
+            throw CourierError(.unreachable, "logging in to RabbitMQ at \(settings.host):\(settings.port) failed: \(detail)", isRetriable: true)
+        }
+        self.state = state
+        ok = true
+        generation += 1
+        try openPublisher()
+    }
+
+    private func openPublisher() throws(CourierError) {
+        guard let state else { throw lost("no connection") }
+        _ = amqp_channel_open(state, Self.publishChannel)
+        try check(amqp_get_rpc_reply(state), "opening the publishing channel")
+        _ = amqp_confirm_select(state, Self.publishChannel)
+        try check(amqp_get_rpc_reply(state), "enabling publisher confirms")
+        publishTag = 0
+        publisherReady = true
+    }
+
+    /// Called when the connection is found broken: consumers learn their deliveries are void.
+    private func connectionLost(_ error: CourierError) {
+        if let state { amqp_destroy_connection(state) }
+        state = nil
+        publisherReady = false
+        declared.removeAll()
+        assembling.removeAll()
+        ackTrackers.removeAll()
+        for (_, owner) in owners { owner.channelLost(error, final: false) }
+    }
+
+    /// Reconnects with exponential backoff and jitter until it succeeds or the transport stops;
+    /// then re-opens consumers and republishes unconfirmed messages.
+    private func reconnect() -> Bool {
+        var delay = 0.1
+        while !isStopping {
+            do throws(CourierError) {
+                try connect()
+                for (channel, owner) in owners.sorted(by: { $0.key < $1.key }) {
+                    do throws(CourierError) {
+                        try openChannel(channel)
+                        try owner.open(self, channel: channel, generation: generation)
+                    } catch {
+                        owners[channel] = nil
+                        owner.channelLost(error, final: true)
+                    }
+                }
+                republishUnconfirmed()
+                return true
+            } catch {
+                if let state { amqp_destroy_connection(state) }
+                state = nil
+                expireConfirms()
+                let jittered = delay * Double.random(in: 0.5...1.0)
+                let deadline = Date().addingTimeInterval(jittered)
+                while Date() < deadline && !isStopping {
+                    Thread.sleep(forTimeInterval: min(0.05, jittered))
+                    // Commands keep failing fast while disconnected rather than piling up.
+                    try? runCommands()
+                }
+                delay = min(delay * 2, 5)
+            }
+        }
+        return false
+    }
+
+    // MARK: Channels
+
+    /// Allocates a consumer channel for `owner` and opens it; `owner.open` runs on it.
+    func attach(_ owner: any AMQPChannelOwner) throws(CourierError) -> UInt16 {
+        guard state != nil else { throw lost("not connected") }
+        let channel = freeChannels.popLast() ?? { defer { nextChannel += 1 }; return nextChannel }()
+        do throws(CourierError) {
+            try openChannel(channel)
+            owners[channel] = owner
+            try owner.open(self, channel: channel, generation: generation)
+        } catch {
+            owners[channel] = nil
+            closeChannel(channel)
+            throw error
+        }
+        return channel
+    }
+
+    /// Flushes the channel's acks and closes it: the broker requeues what it had not acked.
+    func detach(_ channel: UInt16) {
+        guard owners.removeValue(forKey: channel) != nil else { return }
+        flushAcks(channel)
+        closeChannel(channel)
+        ackTrackers[channel] = nil
+        assembling[channel] = nil
+    }
+
+    private func openChannel(_ channel: UInt16) throws(CourierError) {
+        guard let state else { throw lost("not connected") }
+        _ = amqp_channel_open(state, channel)
+        try check(amqp_get_rpc_reply(state), "opening channel \(channel)")
+    }
+
+    private func closeChannel(_ channel: UInt16) {
+        guard let state else { return }
+        let reply = amqp_channel_close(state, channel, AMQP_REPLY_SUCCESS)
+        if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION { connectionBroke(lost(reply.library_error)) }
+        freeChannels.append(channel)
+    }
+
+    private func channelClosedByBroker(_ channel: UInt16, code: UInt16, text: String) throws(CourierError) {
+        let error = CourierError(.brokerRejected, "RabbitMQ closed channel \(channel): \(code) \(text)")
+        if channel == Self.publishChannel {
+            // Unconfirmed messages of the closed channel are republished on the new one.
+            try openPublisher()
+            republishUnconfirmed()
+            return
+        }
+        try reopenConsumer(channel, reason: error.message)
+    }
+
+    private func reopenConsumer(_ channel: UInt16, reason: String) throws(CourierError) {
+        guard let owner = owners[channel] else { return }
+        ackTrackers[channel] = nil
+        assembling[channel] = nil
+        owner.channelLost(CourierError(.brokerRejected, reason), final: false)
+        do throws(CourierError) {
+            try openChannel(channel)
+            try owner.open(self, channel: channel, generation: generation)
+        } catch where error.code != .unreachable {
+            owners[channel] = nil
+            owner.channelLost(error, final: true)
+        }
+    }
+
+    // MARK: Acks
+
+    private struct AckTracker {
+        /// Tags delivered and not yet acked to the broker, in delivery order.
+        var outstanding = Deque<UInt64>()
+        /// Tags the application acked, not yet sent.
+        var acked = Set<UInt64>()
+        /// Tags already acked individually (out of order).
+        var sent = Set<UInt64>()
+
+        mutating func delivered(_ tag: UInt64) { outstanding.append(tag) }
+    }
+
+    /// Records an application ack for `tag` of `generation`; acks of an older connection are
+    /// void (the broker redelivers those messages) and ignored.
+    func ack(channel: UInt16, tag: UInt64, generation: UInt64) {
+        guard generation == self.generation, owners[channel] != nil else { return }
+        ackTrackers[channel, default: AckTracker()].acked.insert(tag)
+    }
+
+    private func flushAcks() {
+        for channel in ackTrackers.keys { flushAcks(channel) }
+    }
+
+    /// Sends one `multiple` ack for the longest acked prefix, and single acks for the rest.
+    private func flushAcks(_ channel: UInt16) {
+        guard let state, var tracker = ackTrackers[channel], !tracker.acked.isEmpty else { return }
+        var highest: UInt64?
+        while let first = tracker.outstanding.first {
+            if tracker.acked.remove(first) != nil {
+                highest = first
+            } else if tracker.sent.remove(first) == nil {
+                break
+            }
+            tracker.outstanding.removeFirst()
+        }
+        if let highest, amqp_basic_ack(state, channel, highest, 1) != AMQP_STATUS_OK.rawValue {
+            connectionBroke(lost("acking on channel \(channel)"))
+        }
+        for tag in tracker.acked {
+            if amqp_basic_ack(state, channel, tag, 0) != AMQP_STATUS_OK.rawValue { connectionBroke(lost("acking on channel \(channel)")) }
+            tracker.sent.insert(tag)
+        }
+        tracker.acked.removeAll(keepingCapacity: true)
+        ackTrackers[channel] = tracker
+    }
+
+    // MARK: Topology
+
+    /// Runs `declare` once per connection for `key` (declarations are idempotent on the broker;
+    /// the cache only saves round trips).
+    func declareOnce(_ key: String, channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void) throws(CourierError) {
+        guard !declared.contains(key) else { return }
+        try declareNow(channel: channel, declare)
+        declared.insert(key)
+    }
+
+    func declareNow(channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void) throws(CourierError) {
+        guard let state else { throw lost("not connected") }
+        do throws(CourierError) {
+            try declare(state)
+        } catch where error.code == .brokerRejected {
+            // A refused declaration closed the channel: reopen it so that later work can go on.
+            if channel == Self.publishChannel {
+                var ok = amqp_channel_close_ok_t(dummy: 0)
+                _ = amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+                try openPublisher()
+                republishUnconfirmed()
+            }
+            throw error
+        }
+    }
+
+    /// Checks an RPC reply: a server exception is `brokerRejected`, a library error a lost connection.
+    func check(_ reply: amqp_rpc_reply_t, _ what: String) throws(CourierError) {
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NORMAL:
+            return
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            throw CourierError(.brokerRejected, "RabbitMQ refused \(what): \(Self.describe(reply))")
+        default:
+            throw lost("\(what): \(Self.describe(reply))")
+        }
+    }
+
+    static func describe(_ reply: amqp_rpc_reply_t) -> String {
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NORMAL:
+            return "ok"
+        case AMQP_RESPONSE_NONE:
+            return "no reply"
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+            return String(cString: amqp_error_string2(reply.library_error))
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            switch reply.reply.id {
+            case AMQP_CONNECTION_CLOSE_METHOD:
+                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                return "\(close.reply_code) \(AMQPCodec.string(close.reply_text))"
+            case AMQP_CHANNEL_CLOSE_METHOD:
+                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                return "\(close.reply_code) \(AMQPCodec.string(close.reply_text))"
+            default:
+                return "server method \(reply.reply.id)"
+            }
+        default:
+            return "unknown reply"
+        }
+    }
+
+    func lost(_ status: Int32) -> CourierError {
+        lost(String(cString: amqp_error_string2(status)))
+    }
+
+    func lost(_ what: String) -> CourierError {
+        CourierError(.unreachable, "lost the connection to RabbitMQ at \(settings.host):\(settings.port) (\(what)); reconnecting", isRetriable: true)
+    }
+
+    var connectionState: amqp_connection_state_t? { state }
+
+    // MARK: Publishing
+
+    /// Publishes `message` on the confirm channel; `sink` hears about its confirm.
+    func publish(_ message: OutgoingMessage, sink: ConfirmSink) {
+        guard !sink.failed else { return }
+        guard let state, publisherReady else {
+            // Disconnected: keep it; it goes out after the reconnect.
+            unconfirmed.append(Unconfirmed(tag: 0, message: message, sink: sink))
+            return
+        }
+        do throws(CourierError) {
+            try message.declare?(self)
+        } catch where error.code == .unreachable {
+            connectionBroke(error)
+            unconfirmed.append(Unconfirmed(tag: 0, message: message, sink: sink))
+            return
+        } catch {
+            sink.fail(error)
+            return
+        }
+        let status = message.send(state, Self.publishChannel)
+        guard status == AMQP_STATUS_OK.rawValue else {
+            connectionBroke(lost(status))
+            unconfirmed.append(Unconfirmed(tag: 0, message: message, sink: sink))
+            return
+        }
+        publishTag += 1
+        unconfirmed.append(Unconfirmed(tag: publishTag, message: message, sink: sink))
+    }
+
+    private struct Unconfirmed {
+        var tag: UInt64
+        var message: OutgoingMessage
+        var sink: ConfirmSink
+    }
+
+    private func confirm(upTo tag: UInt64, multiple: Bool, ok: Bool) {
+        func settle(_ entry: Unconfirmed) {
+            if ok {
+                entry.sink.confirmed()
+            } else {
+                entry.sink.fail(CourierError(.notConfirmed, "RabbitMQ refused message \(entry.message.id) (basic.nack); publish it again", isRetriable: true))
+            }
+        }
+        if multiple {
+            while let first = unconfirmed.first, first.tag != 0, first.tag <= tag {
+                settle(unconfirmed.removeFirst())
+            }
+        } else if let index = unconfirmed.firstIndex(where: { $0.tag == tag }) {
+            settle(unconfirmed.remove(at: index))
+        }
+    }
+
+    private func republishUnconfirmed() {
+        guard publisherReady else { return }
+        let pending = unconfirmed
+        unconfirmed.removeAll()
+        for entry in pending where !entry.sink.failed {
+            publish(entry.message, sink: entry.sink)
+        }
+    }
+
+    private func expireConfirms() {
+        guard let first = unconfirmed.first, first.sink.deadline < .now else { return }
+        let now = ContinuousClock.now
+        unconfirmed.removeAll { entry in
+            guard entry.sink.deadline < now else { return entry.sink.failed }
+            entry.sink.fail(CourierError(
+                .notConfirmed,
+                "RabbitMQ did not confirm message \(entry.message.id) within \(confirmTimeout); it may or may not be stored: publish it again (same id) if it must arrive",
+                isRetriable: true
+            ))
+            return true
+        }
+    }
+
+    private func failUnconfirmed(_ error: CourierError) {
+        for entry in unconfirmed { entry.sink.fail(CourierError(.notConfirmed, "\(error.message) before message \(entry.message.id) was confirmed; publish it again (same id) if it must arrive", isRetriable: true)) }
+        unconfirmed.removeAll()
+    }
+}
+
+/// A message ready to publish: how to declare its destination and how to send it.
+struct OutgoingMessage: @unchecked Sendable {
+    var id: String
+    /// Declares the destination (cached per connection); runs on the connection's thread.
+    var declare: ((AMQPConnection) throws(CourierError) -> Void)?
+    /// Sends `basic.publish`; returns librabbitmq's status.
+    var send: (amqp_connection_state_t, UInt16) -> Int32
+}
+
+/// Collects the confirms of one `publish` call (one or many messages) and resumes the caller
+/// when all are in, or at the first failure. Used only on the connection's thread.
+final class ConfirmSink: @unchecked Sendable {
+    private var remaining: Int
+    private var continuation: CheckedContinuation<Void, any Error>?
+    let deadline: ContinuousClock.Instant
+    private(set) var failed = false
+
+    init(count: Int, deadline: ContinuousClock.Instant, continuation: CheckedContinuation<Void, any Error>) {
+        self.remaining = count
+        self.deadline = deadline
+        self.continuation = continuation
+    }
+
+    func confirmed() {
+        remaining -= 1
+        if remaining == 0, let continuation {
+            self.continuation = nil
+            continuation.resume()
+        }
+    }
+
+    func fail(_ error: CourierError) {
+        failed = true
+        if let continuation {
+            self.continuation = nil
+            continuation.resume(throwing: error)
+        }
+    }
+}
