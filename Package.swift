@@ -64,5 +64,12 @@ let package = Package(
             dependencies: ["Courier", "CourierConformance"],
             swiftSettings: strictness
         ),
+        .testTarget(
+            name: "CourierIntegrationTests",
+            dependencies: ["Courier", "CourierConformance", "CourierRabbitMQ"],
+            path: "IntegrationTests",
+            exclude: ["README.md"],
+            swiftSettings: strictness
+        ),
     ]
 )

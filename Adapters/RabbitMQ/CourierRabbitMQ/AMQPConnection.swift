@@ -59,8 +59,7 @@ final class AMQPConnection: @unchecked Sendable {
     private var owners: [UInt16: any AMQPChannelOwner] = [:]
     private var assembling: [UInt16: Assembly] = [:]
     private var ackTrackers: [UInt16: AckTracker] = [:]
-    private var nextChannel: UInt16 = 2
-    private var freeChannels: [UInt16] = []
+    private var nextChannel: UInt16 = 1
     private var declared = Set<String>()
     private var publishTag: UInt64 = 0
     private var unconfirmed = Deque<Unconfirmed>()
@@ -176,6 +175,7 @@ final class AMQPConnection: @unchecked Sendable {
                 flushAcks()
                 try readFrames()
                 expireConfirms()
+                debugTick()
             } catch {
                 if isStopping { break }
                 failure = error
@@ -200,6 +200,13 @@ final class AMQPConnection: @unchecked Sendable {
         if let state { amqp_destroy_connection(state) }
         state = nil
         finish()
+    }
+
+    private var lastDebug = ContinuousClock.now
+    private func debugTick() {
+        guard ProcessInfo.processInfo.environment["COURIER_DEBUG"] != nil, ContinuousClock.now - lastDebug > .seconds(2) else { return }
+        lastDebug = .now
+        FileHandle.standardError.write("[\(label)] gen=\(generation) tag=\(publishTag) unconfirmed=\(unconfirmed.count) zeroTags=\(unconfirmed.filter { $0.tag == 0 }.count) owners=\(owners.count) cmds=\(commands.withLock { $0.count })\n".data(using: .utf8)!)
     }
 
     private func failCommands() {
@@ -385,6 +392,11 @@ final class AMQPConnection: @unchecked Sendable {
         guard let socket else { throw CourierError(.unreachable, "librabbitmq could not create a socket") }
         var timeout = timeval(tv_sec: settings.connectionTimeoutSeconds, tv_usec: 0)
         let opened = amqp_socket_open_noblock(socket, settings.host, Int32(settings.port), &timeout)
+        // No RPC may block the thread forever (a broker that accepts TCP but never answers).
+        var rpcTimeout = timeval(tv_sec: max(30, settings.connectionTimeoutSeconds * 3), tv_usec: 0)
+        _ = amqp_set_rpc_timeout(state, &rpcTimeout)
+        var handshakeTimeout = timeval(tv_sec: settings.connectionTimeoutSeconds, tv_usec: 0)
+        _ = amqp_set_handshake_timeout(state, &handshakeTimeout)
         guard opened == AMQP_STATUS_OK.rawValue else {
             throw CourierError(
                 .unreachable,
@@ -452,6 +464,9 @@ final class AMQPConnection: @unchecked Sendable {
                     }
                 }
                 republishUnconfirmed()
+                if ProcessInfo.processInfo.environment["COURIER_DEBUG"] != nil {
+                    FileHandle.standardError.write("[\(label)] reconnected gen=\(generation) unconfirmed=\(unconfirmed.count)\n".data(using: .utf8)!)
+                }
                 return true
             } catch {
                 if let state { amqp_destroy_connection(state) }
@@ -475,7 +490,7 @@ final class AMQPConnection: @unchecked Sendable {
     /// Allocates a consumer channel for `owner` and opens it; `owner.open` runs on it.
     func attach(_ owner: any AMQPChannelOwner) throws(CourierError) -> UInt16 {
         guard state != nil else { throw lost("not connected") }
-        let channel = freeChannels.popLast() ?? { defer { nextChannel += 1 }; return nextChannel }()
+        let channel = allocateChannel()
         do throws(CourierError) {
             try openChannel(channel)
             owners[channel] = owner
@@ -486,6 +501,17 @@ final class AMQPConnection: @unchecked Sendable {
             throw error
         }
         return channel
+    }
+
+    /// A channel number not in use, cycling through the whole range before reusing one: frames
+    /// of a closed channel that librabbitmq queued during an RPC must never reach a new owner.
+    private func allocateChannel() -> UInt16 {
+        let negotiated = Int(amqp_get_channel_max(state))
+        let maximum = UInt16(clamping: negotiated == 0 ? 65535 : max(3, negotiated))
+        repeat {
+            nextChannel = nextChannel >= maximum ? 2 : nextChannel + 1
+        } while owners[nextChannel] != nil
+        return nextChannel
     }
 
     /// Flushes the channel's acks and closes it: the broker requeues what it had not acked.
@@ -507,7 +533,6 @@ final class AMQPConnection: @unchecked Sendable {
         guard let state else { return }
         let reply = amqp_channel_close(state, channel, AMQP_REPLY_SUCCESS)
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION { connectionBroke(lost(reply.library_error)) }
-        freeChannels.append(channel)
     }
 
     private func channelClosedByBroker(_ channel: UInt16, code: UInt16, text: String) throws(CourierError) {

@@ -1,0 +1,273 @@
+import CRabbitMQ
+import Courier
+import DequeModule
+import Foundation
+import Synchronization
+
+/// One subscription or queue consumer: a channel of the consuming connection with
+/// `basic.qos` prefetch and `basic.consume`, feeding a ``Subscription``.
+///
+/// Deliveries with the same key are handed out one at a time (the next waits for the previous
+/// one's settlement), which with a single consumer per queue gives per-key order.
+/// Delivery tags carry the connection generation in their top 16 bits: after a reconnect the
+/// broker redelivers what was not acked, and settling a delivery of the lost connection is a
+/// harmless no-op.
+final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner {
+    let origin: DeliveryOrigin
+    let options: SubscriptionOptions
+    private unowned let transport: RabbitMQTransport
+    private let state = Mutex(State())
+
+    private static let tagBits: UInt64 = 48
+    private static let tagMask: UInt64 = (1 << 48) - 1
+
+    private struct Outstanding {
+        var envelope: Envelope
+        var attempt: Int
+    }
+
+    private struct Waiter {
+        let id: Int
+        let continuation: UnsafeContinuation<Delivery?, any Error>
+    }
+
+    private struct State {
+        var channel: UInt16 = 0
+        var generation: UInt64 = 0
+        var buffer = Deque<Delivery>()
+        var parked: [String: Deque<Delivery>] = [:]
+        var busyKeys = Set<String>()
+        var outstanding: [UInt64: Outstanding] = [:]
+        var waiters = Deque<Waiter>()
+        var cancelled = Set<Int>()
+        var nextWaiter = 0
+        var closed = false
+        var failure: CourierError?
+
+        mutating func take() -> Delivery? {
+            while let delivery = buffer.popFirst() {
+                if let key = delivery.envelope.key {
+                    if busyKeys.contains(key) {
+                        parked[key, default: []].append(delivery)
+                        continue
+                    }
+                    busyKeys.insert(key)
+                }
+                return delivery
+            }
+            return nil
+        }
+
+        mutating func release(_ key: String?) {
+            guard let key else { return }
+            busyKeys.remove(key)
+            guard var waiting = parked.removeValue(forKey: key) else { return }
+            if let next = waiting.popFirst() { buffer.prepend(next) }
+            if !waiting.isEmpty { parked[key] = waiting }
+        }
+
+        mutating func serve() -> [(Waiter, Delivery)] {
+            var served: [(Waiter, Delivery)] = []
+            while !waiters.isEmpty, let delivery = take() {
+                served.append((waiters.removeFirst(), delivery))
+            }
+            return served
+        }
+    }
+
+    init(transport: RabbitMQTransport, origin: DeliveryOrigin, options: SubscriptionOptions) {
+        self.transport = transport
+        self.origin = origin
+        self.options = options
+    }
+
+    // MARK: AMQPChannelOwner (on the consuming connection's thread)
+
+    func open(_ connection: AMQPConnection, channel: UInt16, generation: UInt64) throws(CourierError) {
+        guard let amqp = connection.connectionState else { throw connection.lost("not connected") }
+        let topology = transport.configuration.topology
+        switch origin {
+        case .topic(let topic, let group):
+            try topology.declareGroup(topic: topic, group: group, on: connection, channel: channel)
+        case .queue(let queue):
+            try topology.declareQueue(topology.commandQueue(queue), on: connection, channel: channel)
+        }
+        _ = amqp_basic_qos(amqp, channel, 0, UInt16(clamping: options.prefetch), 0)
+        try connection.check(amqp_get_rpc_reply(amqp), "setting prefetch on \(origin)")
+        AMQPCodec.withBytes(topology.queue(for: origin)) { queue in
+            _ = amqp_basic_consume(amqp, channel, queue, amqp_empty_bytes, 0, 0, 0, amqp_empty_table)
+        }
+        try connection.check(amqp_get_rpc_reply(amqp), "consuming \(origin)")
+        state.withLock { state in
+            state.channel = channel
+            state.generation = generation
+        }
+    }
+
+    func deliver(_ raw: RawDelivery, generation: UInt64) {
+        let (envelope, attempt) = WireFormat.envelope(
+            headers: raw.headers,
+            payload: raw.body,
+            fallbackID: raw.messageID,
+            fallbackTime: raw.timestamp.map { Date(timeIntervalSince1970: TimeInterval($0)) },
+            ignoring: RabbitMQTransport.ignoredBrokerHeaders
+        )
+        let tag = (generation << Self.tagBits) | (raw.deliveryTag & Self.tagMask)
+        let delivery = Delivery(envelope: envelope, attempt: attempt, origin: origin, tag: tag, settler: self)
+        let served = state.withLock { state -> [(Waiter, Delivery)] in
+            guard !state.closed else { return [] }
+            state.outstanding[tag] = Outstanding(envelope: envelope, attempt: attempt)
+            state.buffer.append(delivery)
+            return state.serve()
+        }
+        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+    }
+
+    func channelLost(_ error: CourierError, final: Bool) {
+        let ended = state.withLock { state -> [Waiter] in
+            // Buffered deliveries will come again from the broker; keys of in-flight ones are void.
+            for delivery in state.buffer { state.outstanding[delivery.tag] = nil }
+            for (_, parked) in state.parked { for delivery in parked { state.outstanding[delivery.tag] = nil } }
+            state.buffer.removeAll()
+            state.parked.removeAll()
+            state.busyKeys.removeAll()
+            guard final else { return [] }
+            state.closed = true
+            if error.code != .transportClosed { state.failure = error }
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters)
+        }
+        let failure = state.withLock { $0.failure }
+        for waiter in ended {
+            if let failure { waiter.continuation.resume(throwing: failure) } else { waiter.continuation.resume(returning: nil) }
+        }
+    }
+
+    // MARK: DeliverySource
+
+    func next() async throws -> Delivery? {
+        enum Fast { case delivery(Delivery), end, failure(CourierError), wait(Int) }
+        let fast: Fast = state.withLock { state in
+            if let delivery = state.take() { return .delivery(delivery) }
+            if state.closed { return state.failure.map { .failure($0) } ?? .end }
+            state.nextWaiter += 1
+            return .wait(state.nextWaiter)
+        }
+        let id: Int
+        switch fast {
+        case .delivery(let delivery): return delivery
+        case .end: return nil
+        case .failure(let error): throw error
+        case .wait(let waitID): id = waitID
+        }
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Delivery?, any Error>) in
+                let immediate: Result<Delivery?, any Error>? = state.withLock { state in
+                    if state.cancelled.remove(id) != nil { return .success(nil) }
+                    if let delivery = state.take() { return .success(delivery) }
+                    if state.closed { return state.failure.map { .failure($0) } ?? .success(nil) }
+                    state.waiters.append(Waiter(id: id, continuation: continuation))
+                    return nil
+                }
+                if let immediate { continuation.resume(with: immediate) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> Waiter? in
+                if let index = state.waiters.firstIndex(where: { $0.id == id }) { return state.waiters.remove(at: index) }
+                state.cancelled.insert(id)
+                return nil
+            }
+            waiter?.continuation.resume(returning: nil)
+        }
+    }
+
+    func close() async {
+        let (ended, channel) = state.withLock { state -> ([Waiter], UInt16) in
+            guard !state.closed else { return ([], 0) }
+            state.closed = true
+            state.outstanding.removeAll()
+            state.buffer.removeAll()
+            state.parked.removeAll()
+            defer { state.waiters.removeAll() }
+            return (Array(state.waiters), state.channel)
+        }
+        for waiter in ended { waiter.continuation.resume(returning: nil) }
+        guard channel != 0 else { return }
+        // Closing the channel hands every un-acked delivery back to the broker.
+        try? await transport.consumer.perform { connection throws(CourierError) in connection.detach(channel) }
+        transport.forget(self)
+    }
+
+    // MARK: DeliverySettler
+
+    /// Removes `tag` from the outstanding deliveries and releases its key.
+    private func settle(_ tag: UInt64) throws(CourierError) -> (Outstanding, channel: UInt16, current: Bool) {
+        let (found, channel, current, served) = state.withLock { state -> (Outstanding?, UInt16, Bool, [(Waiter, Delivery)]) in
+            guard let outstanding = state.outstanding.removeValue(forKey: tag) else { return (nil, 0, false, []) }
+            let current = tag >> Self.tagBits == state.generation
+            if current { state.release(outstanding.envelope.key) }
+            return (outstanding, state.channel, current, state.serve())
+        }
+        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        guard let found else { throw CourierError.alreadySettled(tag) }
+        return (found, channel, current)
+    }
+
+    private func peek(_ tag: UInt64) throws(CourierError) -> Outstanding {
+        guard let outstanding = state.withLock({ $0.outstanding[tag] }) else { throw CourierError.alreadySettled(tag) }
+        return outstanding
+    }
+
+    func ack(tag: UInt64) async throws {
+        let (_, channel, current) = try settle(tag)
+        guard current else { return }
+        let deliveryTag = tag & Self.tagMask
+        let generation = tag >> Self.tagBits
+        transport.consumer.submit { connection in
+            connection.ack(channel: channel, tag: deliveryTag, generation: generation)
+        }
+    }
+
+    func nack(tag: UInt64, delay: Duration) async throws {
+        let outstanding = try peek(tag)
+        if outstanding.attempt >= options.maxDeliveryAttempts {
+            try await deadLetter(tag: tag, reason: "delivery attempts exhausted: \(outstanding.attempt) of \(options.maxDeliveryAttempts)")
+            return
+        }
+        // The copy is confirmed before the original is acked: a crash in between duplicates,
+        // never loses.
+        try await transport.redeliver(outstanding.envelope, attempt: outstanding.attempt + 1, origin: origin, delay: delay)
+        try await ack(tag: tag)
+    }
+
+    func deadLetter(tag: UInt64, reason: String) async throws {
+        let outstanding = try peek(tag)
+        try await transport.deadLetter(outstanding.envelope, reason: reason, origin: origin, attempts: outstanding.attempt)
+        try await ack(tag: tag)
+    }
+}
+
+extension CourierError {
+    static func alreadySettled(_ tag: UInt64) -> CourierError {
+        CourierError(
+            .deliveryAlreadySettled,
+            "delivery \(tag & ((1 << 48) - 1)) was already acked, nacked or dead-lettered, or its subscription closed and returned it to the queue; settle each delivery once"
+        )
+    }
+}
+
+/// The subscriptions of a transport, for shutdown.
+final class LockedSet: Sendable {
+    private let members = Mutex<[ObjectIdentifier: RabbitMQConsumer]>([:])
+    func insert(_ consumer: RabbitMQConsumer) { members.withLock { $0[ObjectIdentifier(consumer)] = consumer } }
+    func remove(_ consumer: RabbitMQConsumer) { _ = members.withLock { $0.removeValue(forKey: ObjectIdentifier(consumer)) } }
+    func all() -> [RabbitMQConsumer] { members.withLock { Array($0.values) } }
+}
+
+/// A flag set once.
+final class LockedFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    var isSet: Bool { flag.load(ordering: .acquiring) }
+    /// Sets the flag; false if it was already set.
+    func set() -> Bool { !flag.exchange(true, ordering: .acquiringAndReleasing) }
+}

@@ -1,0 +1,114 @@
+import CRabbitMQ
+import Courier
+
+/// What Courier declares on RabbitMQ, and under which names. Replace any naming function to
+/// fit an existing installation; every declaration is durable and idempotent.
+///
+/// | Courier | RabbitMQ |
+/// |---|---|
+/// | topic `T` | durable `fanout` exchange `T` |
+/// | group `G` on topic `T` | durable queue `T.G`, bound to exchange `T` |
+/// | command queue `Q` | durable queue `Q` (declared by senders and consumers) |
+/// | dead letters of a queue or group | durable queue `Q.dead-letter` / `T.G.dead-letter` |
+/// | `nack(delay: d)` | durable classic queue `Q.delay.<ms>ms` with `x-message-ttl` = d and dead-lettering back to `Q` through the default exchange |
+///
+/// Queues are classic or quorum (`x-queue-type`) as ``AMQPSettings/queueType`` says; delay
+/// queues are always classic. Delays are rounded up to two significant digits (1234 ms →
+/// 1300 ms) so that backoff with jitter reuses a bounded set of delay queues; a delay queue
+/// deletes itself (`x-expires`) five minutes after its last use.
+public struct RabbitMQTopology: Sendable {
+    /// The exchange of a topic. Default: the topic name.
+    public var exchange: @Sendable (_ topic: String) -> String = { $0 }
+    /// The queue of a subscription group. Default: `<topic>.<group>`.
+    public var groupQueue: @Sendable (_ topic: String, _ group: String) -> String = { "\($0).\($1)" }
+    /// The queue of a command queue. Default: the queue name.
+    public var commandQueue: @Sendable (_ queue: String) -> String = { $0 }
+    /// The dead-letter queue of an origin. Default: ``DeliveryOrigin/defaultDeadLetterQueue``.
+    public var deadLetterQueue: @Sendable (_ origin: DeliveryOrigin) -> String = { $0.defaultDeadLetterQueue }
+    /// The delay queue for redeliveries to `queue` after `milliseconds`.
+    public var delayQueue: @Sendable (_ queue: String, _ milliseconds: Int) -> String = { "\($0).delay.\($1)ms" }
+    /// Queue type for group, command and dead-letter queues.
+    public var queueType: AMQPSettings.QueueType = .classic
+
+    /// The default convention.
+    public init() {}
+
+    /// The broker queue a delivery origin reads.
+    public func queue(for origin: DeliveryOrigin) -> String {
+        switch origin {
+        case .topic(let topic, let group): groupQueue(topic, group)
+        case .queue(let queue): commandQueue(queue)
+        }
+    }
+
+    /// `delay` in milliseconds, rounded up to two significant digits (at least 1 ms).
+    public static func delayBucket(_ delay: Duration) -> Int {
+        let exact = max(1, Int((delay.components.seconds * 1000) + (delay.components.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000))
+        var scale = 1
+        while exact / scale >= 100 { scale *= 10 }
+        return (exact + scale - 1) / scale * scale
+    }
+
+    // MARK: Declarations (on the connection's thread)
+
+    func declareExchange(_ name: String, on connection: AMQPConnection, channel: UInt16) throws(CourierError) {
+        try connection.declareOnce("exchange:\(name)", channel: channel) { state throws(CourierError) in
+            AMQPCodec.withBytes(name) { exchange in
+                AMQPCodec.withBytes("fanout") { type in
+                    _ = amqp_exchange_declare(state, channel, exchange, type, 0, 1, 0, 0, amqp_empty_table)
+                }
+            }
+            try connection.check(amqp_get_rpc_reply(state), "declaring exchange \(name)")
+        }
+    }
+
+    func declareQueue(_ name: String, on connection: AMQPConnection, channel: UInt16) throws(CourierError) {
+        try connection.declareOnce("queue:\(name)", channel: channel) { state throws(CourierError) in
+            try declare(queue: name, arguments: [("x-queue-type", .string(queueType.rawValue))], state: state, connection: connection, channel: channel)
+        }
+    }
+
+    func declareGroup(topic: String, group: String, on connection: AMQPConnection, channel: UInt16) throws(CourierError) {
+        let exchangeName = exchange(topic)
+        let queueName = groupQueue(topic, group)
+        try declareExchange(exchangeName, on: connection, channel: channel)
+        try declareQueue(queueName, on: connection, channel: channel)
+        try connection.declareOnce("binding:\(queueName)<-\(exchangeName)", channel: channel) { state throws(CourierError) in
+            AMQPCodec.withBytes(queueName) { queue in
+                AMQPCodec.withBytes(exchangeName) { exchange in
+                    _ = amqp_queue_bind(state, channel, queue, exchange, amqp_empty_bytes, amqp_empty_table)
+                }
+            }
+            try connection.check(amqp_get_rpc_reply(state), "binding queue \(queueName) to exchange \(exchangeName)")
+        }
+    }
+
+    /// Declared on every use: redeclaring restarts the queue's `x-expires` clock, so a delay
+    /// queue never expires while it still holds messages.
+    func declareDelayQueue(_ name: String, target: String, milliseconds: Int, on connection: AMQPConnection) throws(CourierError) {
+        try connection.declareNow { state throws(CourierError) in
+            try declare(
+                queue: name,
+                arguments: [
+                    ("x-queue-type", .string("classic")),
+                    ("x-message-ttl", .int(Int64(milliseconds))),
+                    ("x-dead-letter-exchange", .string("")),
+                    ("x-dead-letter-routing-key", .string(target)),
+                    ("x-expires", .int(Int64(milliseconds) + 300_000)),
+                ],
+                state: state, connection: connection, channel: AMQPConnection.publishChannel
+            )
+        }
+    }
+
+    private func declare(
+        queue name: String, arguments: [(String, AMQPCodec.Argument)], state: amqp_connection_state_t, connection: AMQPConnection, channel: UInt16
+    ) throws(CourierError) {
+        AMQPCodec.withTable(arguments) { table in
+            AMQPCodec.withBytes(name) { queue in
+                _ = amqp_queue_declare(state, channel, queue, 0, 1, 0, 0, table)
+            }
+        }
+        try connection.check(amqp_get_rpc_reply(state), "declaring queue \(name)")
+    }
+}

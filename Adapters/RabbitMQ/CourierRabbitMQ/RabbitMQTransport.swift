@@ -1,0 +1,254 @@
+import CRabbitMQ
+import Courier
+import Foundation
+
+/// Courier's transport over RabbitMQ (librabbitmq, AMQP 0-9-1).
+///
+/// Topics are durable fanout exchanges, groups and command queues durable queues (see
+/// ``RabbitMQTopology``). Messages are persistent; `publish` and `send` return when the
+/// broker's publisher confirm arrives (many in flight, matched by delivery tag); consumers use
+/// manual acks with `basic.qos` prefetch, and contiguous acks go out as one `multiple` ack.
+/// `nack` republishes the message with its attempt + 1 (through a TTL'd delay queue when it
+/// has a delay) and then acks the original, so redeliveries carry their attempt number and
+/// survive broker restarts; dead letters go to a durable dead-letter queue.
+///
+/// Two connections (one publishing, one consuming, as RabbitMQ recommends: flow control on
+/// publishers never stalls acks), each owned by a thread of its own. When a connection is
+/// lost the adapter reconnects with backoff, re-declares, resumes consumers and republishes
+/// every message whose confirm had not arrived (same id: duplicates are possible, losses not).
+///
+/// ```swift
+/// let transport = try await RabbitMQTransport.connect("amqp://guest:guest@localhost:5672/")
+/// try await transport.send(Envelope(text: "hello"), to: "greetings")
+/// ```
+public final class RabbitMQTransport: Transport {
+    /// How the transport connects and behaves.
+    public struct Configuration: Sendable {
+        /// Where and how to connect.
+        public var settings: AMQPSettings
+        /// What is declared on the broker, under which names.
+        public var topology: RabbitMQTopology
+        /// How long a publish waits for its confirm (across reconnects) before it fails with
+        /// ``CourierError/Code/notConfirmed``. Default 60 s.
+        public var confirmTimeout: Duration = .seconds(60)
+        /// The largest payload accepted. Default 16 MiB (RabbitMQ 4's default limit).
+        public var maxPayloadSize: Int = 16 << 20
+
+        /// Configuration for `settings`, with the default topology and queue type from the
+        /// settings.
+        public init(settings: AMQPSettings, topology: RabbitMQTopology = RabbitMQTopology()) {
+            self.settings = settings
+            self.topology = topology
+            self.topology.queueType = settings.queueType
+        }
+    }
+
+    public let configuration: Configuration
+    public let capabilities: TransportCapabilities
+    let publisher: AMQPConnection
+    let consumer: AMQPConnection
+    private let subscriptions = LockedSet()
+    private let closed = LockedFlag()
+
+    /// Connects to the broker an `amqp://` or `amqps://` URL names.
+    public static func connect(_ url: String) async throws -> RabbitMQTransport {
+        guard case .amqp(let settings) = try TransportURL(url) else {
+            throw CourierError(.invalidURL, "\(TransportURL.redacted(url)) is not an amqp:// or amqps:// URL")
+        }
+        return try await connect(Configuration(settings: settings))
+    }
+
+    /// Connects with `configuration`; fails fast with ``CourierError/Code/unreachable`` or
+    /// ``CourierError/Code/authenticationFailed``.
+    public static func connect(_ configuration: Configuration) async throws -> RabbitMQTransport {
+        let transport = RabbitMQTransport(configuration)
+        try await transport.publisher.start()
+        do {
+            try await transport.consumer.start()
+        } catch {
+            await transport.publisher.stop()
+            throw error
+        }
+        return transport
+    }
+
+    private init(_ configuration: Configuration) {
+        self.configuration = configuration
+        self.publisher = AMQPConnection(settings: configuration.settings, label: "publish", confirmTimeout: configuration.confirmTimeout)
+        self.consumer = AMQPConnection(settings: configuration.settings, label: "consume")
+        self.capabilities = TransportCapabilities(
+            system: "rabbitmq",
+            ordering: .perKeySingleConsumer,
+            survivesBrokerRestart: true,
+            replay: false,
+            nativeDelayedRedelivery: true,
+            maxPayloadSize: configuration.maxPayloadSize
+        )
+    }
+
+    private var topology: RabbitMQTopology { configuration.topology }
+
+    private func checkOpen(_ what: @autoclosure () -> String) throws(CourierError) {
+        if closed.isSet { throw CourierError(.transportClosed, "\(what()): the transport was shut down; create a new transport to continue") }
+    }
+
+    // MARK: Producing
+
+    public func publish(_ envelopes: [Envelope], to topic: String) async throws {
+        try checkOpen("publishing to \(topic)")
+        try DestinationName.validate(topic, as: .topic)
+        for envelope in envelopes { try capabilities.check(envelope) }
+        let exchange = topology.exchange(topic)
+        let topology = self.topology
+        try await publish(envelopes.map { envelope in
+            Self.outgoing(envelope, attempt: 1, exchange: exchange, routingKey: "") { connection throws(CourierError) in
+                try topology.declareExchange(exchange, on: connection, channel: AMQPConnection.publishChannel)
+            }
+        })
+    }
+
+    public func send(_ envelopes: [Envelope], to queue: String) async throws {
+        try checkOpen("sending to \(queue)")
+        try DestinationName.validate(queue, as: .queue)
+        for envelope in envelopes { try capabilities.check(envelope) }
+        let name = topology.commandQueue(queue)
+        let topology = self.topology
+        try await publish(envelopes.map { envelope in
+            Self.outgoing(envelope, attempt: 1, exchange: "", routingKey: name) { connection throws(CourierError) in
+                try topology.declareQueue(name, on: connection, channel: AMQPConnection.publishChannel)
+            }
+        })
+    }
+
+    /// Publishes on the confirm channel and waits for every confirm.
+    func publish(_ messages: [OutgoingMessage]) async throws {
+        guard !messages.isEmpty else { return }
+        let deadline = ContinuousClock.now + configuration.confirmTimeout
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            guard !publisher.isStopping else {
+                continuation.resume(throwing: CourierError(.transportClosed, "publishing: the transport was shut down; create a new transport to continue"))
+                return
+            }
+            let sink = ConfirmSink(count: messages.count, deadline: deadline, continuation: continuation)
+            publisher.submit { connection in
+                for message in messages { connection.publish(message, sink: sink) }
+            }
+        }
+    }
+
+    static let ignoredBrokerHeaders: Set<String> = [
+        "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+        "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count",
+    ]
+
+    /// An envelope as a persistent AMQP message with Courier's headers.
+    static func outgoing(
+        _ envelope: Envelope, attempt: Int, exchange: String, routingKey: String,
+        declare: @escaping (AMQPConnection) throws(CourierError) -> Void
+    ) -> OutgoingMessage {
+        let headers = WireFormat.headers(for: envelope, attempt: attempt).map { ($0.key, AMQPCodec.Argument.string($0.value)) }
+        let contentType = envelope.contentType
+        let id = envelope.id
+        let seconds = UInt64(max(0, envelope.timestamp.timeIntervalSince1970))
+        let body = envelope.payload
+        return OutgoingMessage(id: id, declare: declare) { state, channel in
+            AMQPCodec.withTable(headers) { table in
+                AMQPCodec.withBytes(id) { messageID in
+                    AMQPCodec.withBytes(contentType ?? "") { type in
+                        AMQPCodec.withBytes(exchange) { exchangeBytes in
+                            AMQPCodec.withBytes(routingKey) { routing in
+                                var properties = amqp_basic_properties_t()
+                                properties._flags = amqp_flags_t(AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG)
+                                if contentType != nil {
+                                    properties._flags |= amqp_flags_t(AMQP_BASIC_CONTENT_TYPE_FLAG)
+                                    properties.content_type = type
+                                }
+                                properties.headers = table
+                                properties.delivery_mode = 2
+                                properties.message_id = messageID
+                                properties.timestamp = seconds
+                                return body.withUnsafeBytes { raw in
+                                    let bytes = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
+                                    return amqp_basic_publish(state, channel, exchangeBytes, routing, 0, 0, &properties, bytes)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: Consuming
+
+    public func subscribe(to topic: String, group: String, options: SubscriptionOptions) async throws -> Subscription {
+        try checkOpen("subscribing to \(topic)")
+        try DestinationName.validate(topic, as: .topic)
+        try DestinationName.validate(group, as: .group)
+        try capabilities.check(options)
+        return try await attach(origin: .topic(topic, group: group), options: options)
+    }
+
+    public func consume(queue: String, options: SubscriptionOptions) async throws -> Subscription {
+        try checkOpen("consuming \(queue)")
+        try DestinationName.validate(queue, as: .queue)
+        try capabilities.check(options)
+        return try await attach(origin: .queue(queue), options: options)
+    }
+
+    private func attach(origin: DeliveryOrigin, options: SubscriptionOptions) async throws -> Subscription {
+        let source = RabbitMQConsumer(transport: self, origin: origin, options: options)
+        try await consumer.perform { connection throws(CourierError) in
+            _ = try connection.attach(source)
+        }
+        subscriptions.insert(source)
+        if closed.isSet {
+            await source.close()
+            throw CourierError(.transportClosed, "subscribing to \(origin): the transport was shut down")
+        }
+        return Subscription(origin: origin, source: source)
+    }
+
+    func forget(_ source: RabbitMQConsumer) {
+        subscriptions.remove(source)
+    }
+
+    public func deadLetterQueue(for origin: DeliveryOrigin) -> String {
+        topology.deadLetterQueue(origin)
+    }
+
+    public func shutdown() async throws {
+        guard closed.set() else { return }
+        for source in subscriptions.all() { await source.close() }
+        await publisher.stop()
+        await consumer.stop()
+    }
+
+    // MARK: Redelivery and dead letters (used by consumers)
+
+    /// Republishes `envelope` to the queue of `origin` with `attempt`, through a delay queue
+    /// when `delay` is positive; returns once confirmed.
+    func redeliver(_ envelope: Envelope, attempt: Int, origin: DeliveryOrigin, delay: Duration) async throws {
+        let target = topology.queue(for: origin)
+        let topology = self.topology
+        if delay <= .zero {
+            try await publish([Self.outgoing(envelope, attempt: attempt, exchange: "", routingKey: target) { _ throws(CourierError) in }])
+            return
+        }
+        let milliseconds = RabbitMQTopology.delayBucket(delay)
+        let delayQueue = topology.delayQueue(target, milliseconds)
+        try await publish([Self.outgoing(envelope, attempt: attempt, exchange: "", routingKey: delayQueue) { connection throws(CourierError) in
+            try topology.declareDelayQueue(delayQueue, target: target, milliseconds: milliseconds, on: connection)
+        }])
+    }
+
+    /// Publishes `envelope` as a dead letter of `origin`; returns once confirmed.
+    func deadLetter(_ envelope: Envelope, reason: String, origin: DeliveryOrigin, attempts: Int) async throws {
+        let queue = topology.deadLetterQueue(origin)
+        let topology = self.topology
+        let letter = WireFormat.deadLetter(envelope, reason: reason, origin: origin, attempts: attempts)
+        try await publish([Self.outgoing(letter, attempt: 1, exchange: "", routingKey: queue) { connection throws(CourierError) in
+            try topology.declareQueue(queue, on: connection, channel: AMQPConnection.publishChannel)
+        }])
+    }
+}

@@ -1,0 +1,34 @@
+import Courier
+import CourierConformance
+import CourierRabbitMQ
+import Testing
+
+/// The whole conformance suite, full counts, on a real RabbitMQ; the reconnect scenario
+/// restarts the broker for real. Serialized: the restart would disturb the other scenarios.
+@Suite("Conformance: RabbitMQTransport", .serialized)
+struct RabbitMQConformanceTests {
+    static let suite: ConformanceSuite = {
+        var configuration = ConformanceConfiguration()
+        configuration.idleTimeout = .seconds(10)
+        configuration.restartBroker = { try await RabbitMQBroker.restart() }
+        return ConformanceSuite(configuration: configuration) { try await RabbitMQBroker.connect() }
+    }()
+
+    @Test("scenario", arguments: ConformanceScenario.allCases)
+    func scenario(_ scenario: ConformanceScenario) async throws {
+        do {
+            print("[conformance rabbitmq] \(try await Self.suite.run(scenario))")
+        } catch let failure as ConformanceFailure {
+            print("[conformance rabbitmq] \(failure)")
+            Issue.record("\(failure)")
+        }
+    }
+
+    @Test("scenarios skipped for a missing capability")
+    func skippedScenarios() async throws {
+        let skipped = try await Self.suite.skippedScenarios()
+        if !skipped.isEmpty {
+            try Test.cancel(Comment(rawValue: skipped.map { "\($0.scenario): \($0.reason)" }.joined(separator: "; ")))
+        }
+    }
+}
