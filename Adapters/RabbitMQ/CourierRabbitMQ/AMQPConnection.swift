@@ -175,7 +175,6 @@ final class AMQPConnection: @unchecked Sendable {
                 flushAcks()
                 try readFrames()
                 expireConfirms()
-                debugTick()
             } catch {
                 if isStopping { break }
                 failure = error
@@ -200,13 +199,6 @@ final class AMQPConnection: @unchecked Sendable {
         if let state { amqp_destroy_connection(state) }
         state = nil
         finish()
-    }
-
-    private var lastDebug = ContinuousClock.now
-    private func debugTick() {
-        guard ProcessInfo.processInfo.environment["COURIER_DEBUG"] != nil, ContinuousClock.now - lastDebug > .seconds(2) else { return }
-        lastDebug = .now
-        FileHandle.standardError.write("[\(label)] gen=\(generation) tag=\(publishTag) unconfirmed=\(unconfirmed.count) zeroTags=\(unconfirmed.filter { $0.tag == 0 }.count) owners=\(owners.count) cmds=\(commands.withLock { $0.count })\n".data(using: .utf8)!)
     }
 
     private func failCommands() {
@@ -319,7 +311,7 @@ final class AMQPConnection: @unchecked Sendable {
                 // re-declares the queue.
                 var ok = amqp_basic_cancel_ok_t(consumer_tag: method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee.consumer_tag)
                 _ = amqp_send_method(state, channel, AMQP_BASIC_CANCEL_OK_METHOD, &ok)
-                try reopenConsumer(channel, reason: "the broker cancelled the consumer")
+                try reopenConsumer(channel, reason: "the broker cancelled the consumer", channelIsOpen: true)
             default:
                 break
             }
@@ -464,9 +456,6 @@ final class AMQPConnection: @unchecked Sendable {
                     }
                 }
                 republishUnconfirmed()
-                if ProcessInfo.processInfo.environment["COURIER_DEBUG"] != nil {
-                    FileHandle.standardError.write("[\(label)] reconnected gen=\(generation) unconfirmed=\(unconfirmed.count)\n".data(using: .utf8)!)
-                }
                 return true
             } catch {
                 if let state { amqp_destroy_connection(state) }
@@ -546,16 +535,24 @@ final class AMQPConnection: @unchecked Sendable {
         try reopenConsumer(channel, reason: error.message)
     }
 
-    private func reopenConsumer(_ channel: UInt16, reason: String) throws(CourierError) {
-        guard let owner = owners[channel] else { return }
+    /// Moves a consumer to a new channel after the broker closed its channel or cancelled its
+    /// consumer: the old channel's deliveries are void (the broker requeues them), and a fresh
+    /// channel number guarantees no frame of the old one reaches the new consumer.
+    private func reopenConsumer(_ channel: UInt16, reason: String, channelIsOpen: Bool = false) throws(CourierError) {
+        guard let owner = owners.removeValue(forKey: channel) else { return }
         ackTrackers[channel] = nil
         assembling[channel] = nil
+        if channelIsOpen { closeChannel(channel) }
         owner.channelLost(CourierError(.brokerRejected, reason), final: false)
+        // The queue may be gone (a cancel follows its deletion): declare everything again.
+        declared.removeAll()
+        let fresh = allocateChannel()
         do throws(CourierError) {
-            try openChannel(channel)
-            try owner.open(self, channel: channel, generation: generation)
+            try openChannel(fresh)
+            owners[fresh] = owner
+            try owner.open(self, channel: fresh, generation: generation)
         } catch where error.code != .unreachable {
-            owners[channel] = nil
+            owners[fresh] = nil
             owner.channelLost(error, final: true)
         }
     }

@@ -33,7 +33,9 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
 
     private struct State {
         var channel: UInt16 = 0
+        /// Counts the opens of this consumer's channel; the top bits of every delivery tag.
         var generation: UInt64 = 0
+        var connectionGeneration: UInt64 = 0
         var buffer = Deque<Delivery>()
         var parked: [String: Deque<Delivery>] = [:]
         var busyKeys = Set<String>()
@@ -100,7 +102,8 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         try connection.check(amqp_get_rpc_reply(amqp), "consuming \(origin)")
         state.withLock { state in
             state.channel = channel
-            state.generation = generation
+            state.generation += 1
+            state.connectionGeneration = generation
         }
     }
 
@@ -112,12 +115,11 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
             fallbackTime: raw.timestamp.map { Date(timeIntervalSince1970: TimeInterval($0)) },
             ignoring: RabbitMQTransport.ignoredBrokerHeaders
         )
-        let tag = (generation << Self.tagBits) | (raw.deliveryTag & Self.tagMask)
-        let delivery = Delivery(envelope: envelope, attempt: attempt, origin: origin, tag: tag, settler: self)
         let served = state.withLock { state -> [(Waiter, Delivery)] in
             guard !state.closed else { return [] }
+            let tag = (state.generation << Self.tagBits) | (raw.deliveryTag & Self.tagMask)
             state.outstanding[tag] = Outstanding(envelope: envelope, attempt: attempt)
-            state.buffer.append(delivery)
+            state.buffer.append(Delivery(envelope: envelope, attempt: attempt, origin: origin, tag: tag, settler: self))
             return state.serve()
         }
         for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
@@ -200,36 +202,50 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
 
     // MARK: DeliverySettler
 
-    /// Removes `tag` from the outstanding deliveries and releases its key.
-    private func settle(_ tag: UInt64) throws(CourierError) -> (Outstanding, channel: UInt16, current: Bool) {
-        let (found, channel, current, served) = state.withLock { state -> (Outstanding?, UInt16, Bool, [(Waiter, Delivery)]) in
-            guard let outstanding = state.outstanding.removeValue(forKey: tag) else { return (nil, 0, false, []) }
-            let current = tag >> Self.tagBits == state.generation
-            if current { state.release(outstanding.envelope.key) }
-            return (outstanding, state.channel, current, state.serve())
-        }
-        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
-        guard let found else { throw CourierError.alreadySettled(tag) }
-        return (found, channel, current)
+    /// What settling a tag found.
+    private enum Settlement {
+        /// A delivery of the current channel: ack it there.
+        case current(Outstanding, channel: UInt16, connectionGeneration: UInt64)
+        /// A delivery of a channel or connection since lost: the broker redelivers it anyway.
+        case stale(Outstanding?)
     }
 
-    private func peek(_ tag: UInt64) throws(CourierError) -> Outstanding {
-        guard let outstanding = state.withLock({ $0.outstanding[tag] }) else { throw CourierError.alreadySettled(tag) }
+    /// Removes `tag` from the outstanding deliveries and releases its key. Throws
+    /// `deliveryAlreadySettled` for a tag settled before (or returned by `close`).
+    private func settle(_ tag: UInt64) throws(CourierError) -> Settlement {
+        let (settlement, served) = state.withLock { state -> (Settlement?, [(Waiter, Delivery)]) in
+            let current = tag >> Self.tagBits == state.generation
+            guard let outstanding = state.outstanding.removeValue(forKey: tag) else {
+                return (current || state.closed ? nil : .stale(nil), [])
+            }
+            guard current else { return (.stale(outstanding), []) }
+            state.release(outstanding.envelope.key)
+            return (.current(outstanding, channel: state.channel, connectionGeneration: state.connectionGeneration), state.serve())
+        }
+        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        guard let settlement else { throw CourierError.alreadySettled(tag) }
+        return settlement
+    }
+
+    private func peek(_ tag: UInt64) throws(CourierError) -> Outstanding? {
+        let (outstanding, stale) = state.withLock { state in
+            (state.outstanding[tag], tag >> Self.tagBits != state.generation && !state.closed)
+        }
+        if outstanding == nil && !stale { throw CourierError.alreadySettled(tag) }
         return outstanding
     }
 
     func ack(tag: UInt64) async throws {
-        let (_, channel, current) = try settle(tag)
-        guard current else { return }
+        guard case .current(_, let channel, let generation) = try settle(tag) else { return }
         let deliveryTag = tag & Self.tagMask
-        let generation = tag >> Self.tagBits
         transport.consumer.submit { connection in
             connection.ack(channel: channel, tag: deliveryTag, generation: generation)
         }
     }
 
     func nack(tag: UInt64, delay: Duration) async throws {
-        let outstanding = try peek(tag)
+        // A delivery of a lost channel comes again from the broker: nothing to do.
+        guard let outstanding = try peek(tag) else { return }
         if outstanding.attempt >= options.maxDeliveryAttempts {
             try await deadLetter(tag: tag, reason: "delivery attempts exhausted: \(outstanding.attempt) of \(options.maxDeliveryAttempts)")
             return
@@ -241,7 +257,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
     }
 
     func deadLetter(tag: UInt64, reason: String) async throws {
-        let outstanding = try peek(tag)
+        guard let outstanding = try peek(tag) else { return }
         try await transport.deadLetter(outstanding.envelope, reason: reason, origin: origin, attempts: outstanding.attempt)
         try await ack(tag: tag)
     }
