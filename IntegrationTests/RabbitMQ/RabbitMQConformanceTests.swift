@@ -3,9 +3,14 @@ import CourierConformance
 import CourierRabbitMQ
 import Testing
 
-/// The whole conformance suite, full counts, on a real RabbitMQ; the reconnect scenario
-/// restarts the broker for real. Serialized: the restart would disturb the other scenarios.
-@Suite("Conformance: RabbitMQTransport", .serialized)
+/// Every test that talks to the RabbitMQ broker, one at a time: the reconnect scenario
+/// restarts the broker for real, which would disturb anything running beside it.
+@Suite("RabbitMQ", .serialized)
+enum RabbitMQIntegration {}
+
+extension RabbitMQIntegration {
+/// The whole conformance suite, full counts, on a real RabbitMQ.
+@Suite("Conformance: RabbitMQTransport")
 struct RabbitMQConformanceTests {
     static let suite: ConformanceSuite = {
         var configuration = ConformanceConfiguration()
@@ -31,4 +36,5 @@ struct RabbitMQConformanceTests {
             try Test.cancel(Comment(rawValue: skipped.map { "\($0.scenario): \($0.reason)" }.joined(separator: "; ")))
         }
     }
+}
 }
