@@ -50,6 +50,7 @@ let package = Package(
             name: "courier",
             dependencies: [
                 "Courier",
+                "CourierRabbitMQ",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictness

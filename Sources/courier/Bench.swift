@@ -37,6 +37,12 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "Print the report as JSON.")
     var json = false
 
+    @Flag(help: "Run two phases on a command queue instead: publish everything (confirmed), then consume everything (acking each). For comparisons with the raw C clients.")
+    var phases = false
+
+    @Option(help: "With --phases: messages per send call; publishers × batch messages are in flight.")
+    var batch: Int = 100
+
     func validate() throws {
         guard messages >= 1, size >= 0, publishers >= 1, consumers >= 1, prefetch >= 1 else {
             throw ValidationError("--messages, --publishers, --consumers and --prefetch must be at least 1; --size at least 0")
@@ -44,7 +50,8 @@ struct Bench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let transport = try transportOptions.connect()
+        if phases { return try await runPhases() }
+        let transport = try await transportOptions.connect()
         let topic = "courier-bench-\(UInt32.random(in: 0...UInt32.max))"
         let group = "bench"
         var subscriptions: [Subscription] = []
@@ -154,4 +161,69 @@ final class Counter: Sendable {
     /// Adds one and returns the new value.
     func increment() -> Int { atomic.add(1, ordering: .relaxed).newValue }
     var value: Int { atomic.load(ordering: .relaxed) }
+}
+
+extension Bench {
+    /// Publish phase, then consume phase, each timed with its CPU time per message.
+    func runPhases() async throws {
+        let transport = try await transportOptions.connect()
+        let queue = "courier-bench-\(UInt32.random(in: 0...UInt32.max))"
+        let payload = [UInt8](repeating: 0x61, count: size)
+        let total = messages
+        let (publishers, batch) = (self.publishers, self.batch)
+        let clock = ContinuousClock()
+
+        var start = clock.now
+        var cpuStart = ProcessCPU.seconds()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for publisher in 0..<publishers {
+                group.addTask {
+                    var index = publisher * batch
+                    while index < total {
+                        let count = min(batch, total - index)
+                        try await transport.send((0..<count).map { _ in Envelope(payload: payload) }, to: queue)
+                        index += publishers * batch
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let publishSeconds = (clock.now - start).seconds
+        let publishCPU = ProcessCPU.seconds() - cpuStart
+
+        start = clock.now
+        cpuStart = ProcessCPU.seconds()
+        let consumer = try await transport.consume(queue: queue, options: SubscriptionOptions(prefetch: prefetch))
+        var received = 0
+        for try await delivery in consumer {
+            try await delivery.ack()
+            received += 1
+            if received == total { break }
+        }
+        let consumeSeconds = (clock.now - start).seconds
+        let consumeCPU = ProcessCPU.seconds() - cpuStart
+        await consumer.close()
+        try await transport.shutdown()
+        let perSecond = (Double(total) / publishSeconds, Double(total) / consumeSeconds)
+        let cpu = (publishCPU / Double(total) * 1e6, consumeCPU / Double(total) * 1e6)
+        if json {
+            print(#"{"messages":\#(total),"size":\#(size),"publishPerSecond":\#(Int(perSecond.0)),"consumePerSecond":\#(Int(perSecond.1)),"publishCPUMicrosPerMessage":\#(String(format: "%.2f", cpu.0)),"consumeCPUMicrosPerMessage":\#(String(format: "%.2f", cpu.1))}"#)
+        } else {
+            print("""
+                courier bench --phases — \((try? TransportURL(transportOptions.url).description) ?? "?")
+                  \(total) messages of \(size) bytes; \(publishers) publishers × batches of \(batch) in flight; prefetch \(prefetch)
+                  publish (confirmed)  \(Int(perSecond.0)) msg/s   \(String(format: "%.2f", cpu.0)) µs CPU/msg
+                  consume (acked)      \(Int(perSecond.1)) msg/s   \(String(format: "%.2f", cpu.1)) µs CPU/msg
+                """)
+        }
+    }
+}
+
+/// CPU time (user + system) this process has used.
+enum ProcessCPU {
+    static func seconds() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+    }
 }

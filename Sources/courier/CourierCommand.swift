@@ -30,7 +30,7 @@ struct TransportOptions: ParsableArguments {
     }
 
     /// Connects the transport the URL names.
-    func connect() throws -> any Transport {
-        try TransportFactory.connect(url)
+    func connect() async throws -> any Transport {
+        try await TransportFactory.connect(url)
     }
 }

@@ -38,7 +38,7 @@ struct Demo: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let transport = try transportOptions.connect()
+        let transport = try await transportOptions.connect()
         let console = Console()
         let url = (try? TransportURL(transportOptions.url).description) ?? TransportURL.redacted(transportOptions.url)
         console.line("courier demo — \(url) — \(customers) customers")

@@ -1,17 +1,15 @@
 import Courier
+import CourierRabbitMQ
 import Foundation
 
 /// Turns a transport URL into a connected transport, for every transport linked into the tool.
 enum TransportFactory {
-    static func connect(_ url: String) throws -> any Transport {
+    static func connect(_ url: String) async throws -> any Transport {
         switch try TransportURL(url) {
         case .memory(let settings):
             return try settings.makeTransport()
         case .amqp(let settings):
-            throw CourierError(
-                .unsupportedTransport,
-                "\(settings) names RabbitMQ, and this build of courier does not link the CourierRabbitMQ adapter; use memory:// or a build that includes it"
-            )
+            return try await RabbitMQTransport.connect(.init(settings: settings))
         case .kafka(let settings):
             throw CourierError(
                 .unsupportedTransport,

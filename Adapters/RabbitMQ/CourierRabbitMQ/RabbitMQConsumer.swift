@@ -45,6 +45,10 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         var nextWaiter = 0
         var closed = false
         var failure: CourierError?
+        /// Acks not yet handed to the connection's thread, and whether a flush is scheduled:
+        /// one command carries many acks.
+        var pendingAcks: [(channel: UInt16, tag: UInt64, generation: UInt64)] = []
+        var flushScheduled = false
 
         mutating func take() -> Delivery? {
             while let delivery = buffer.popFirst() {
@@ -237,9 +241,19 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
 
     func ack(tag: UInt64) async throws {
         guard case .current(_, let channel, let generation) = try settle(tag) else { return }
-        let deliveryTag = tag & Self.tagMask
-        transport.consumer.submit { connection in
-            connection.ack(channel: channel, tag: deliveryTag, generation: generation)
+        let schedule = state.withLock { state in
+            state.pendingAcks.append((channel, tag & Self.tagMask, generation))
+            defer { state.flushScheduled = true }
+            return !state.flushScheduled
+        }
+        guard schedule else { return }
+        transport.consumer.submit { [self] connection in
+            let acks = state.withLock { state in
+                state.flushScheduled = false
+                defer { state.pendingAcks.removeAll(keepingCapacity: true) }
+                return state.pendingAcks
+            }
+            for ack in acks { connection.ack(channel: ack.channel, tag: ack.tag, generation: ack.generation) }
         }
     }
 
