@@ -46,6 +46,23 @@ public struct ConformanceSuite: Sendable {
         return ConformanceReport(scenario: scenario, outcome: outcome, duration: clock.now - start)
     }
 
+    /// Runs `scenario` for a test target that records failures rather than throwing them:
+    /// returns the line to print (the report, or the failure with its ids) and the failure.
+    public func outcome(of scenario: ConformanceScenario) async throws -> (line: String, failure: ConformanceFailure?) {
+        do {
+            return ("\(try await run(scenario))", nil)
+        } catch let failure as ConformanceFailure {
+            return ("\(failure)", failure)
+        }
+    }
+
+    /// One line naming the scenarios skipped for a missing capability, with reasons; `nil`
+    /// when none is skipped.
+    public func skippedSummary() async throws -> String? {
+        let skipped = try await skippedScenarios()
+        return skipped.isEmpty ? nil : skipped.map { "\($0.scenario): \($0.reason)" }.joined(separator: "; ")
+    }
+
     /// The scenarios this transport skips for a missing capability, each with the reason.
     public func skippedScenarios() async throws -> [(scenario: ConformanceScenario, reason: String)] {
         let transport = try await makeTransport()
