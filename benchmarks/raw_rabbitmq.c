@@ -56,11 +56,33 @@ int main(int argc, char **argv) {
   amqp_basic_properties_t props;
   props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
   props.delivery_mode = 2;
+  // With COURIER_LIKE=1, each message also carries what a Courier message carries: the
+  // CloudEvents headers ce_id, ce_time, ce_specversion and the message_id/timestamp properties.
+  amqp_table_entry_t entries[3];
+  char id[37] = "00000000-0000-4000-8000-000000000000";
+  int courier_like = getenv("COURIER_LIKE") && atoi(getenv("COURIER_LIKE"));
+  if (courier_like) {
+    entries[0].key = amqp_cstring_bytes("ce_id");
+    entries[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    entries[0].value.value.bytes = amqp_cstring_bytes(id);
+    entries[1].key = amqp_cstring_bytes("ce_time");
+    entries[1].value.kind = AMQP_FIELD_KIND_UTF8;
+    entries[1].value.value.bytes = amqp_cstring_bytes("2026-11-22T01:45:39.123Z");
+    entries[2].key = amqp_cstring_bytes("ce_specversion");
+    entries[2].value.kind = AMQP_FIELD_KIND_UTF8;
+    entries[2].value.value.bytes = amqp_cstring_bytes("1.0");
+    props._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG;
+    props.headers.num_entries = 3;
+    props.headers.entries = entries;
+    props.message_id = amqp_cstring_bytes(id);
+    props.timestamp = 1795306877;
+  }
 
   double t0 = now(), c0 = cpu();
   long published = 0, confirmed = 0;
   while (confirmed < count) {
     while (published < count && published - confirmed < window) {
+      if (courier_like) snprintf(id + 24, 13, "%012ld", published);
       if (amqp_basic_publish(conn, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 0, 0, &props,
                              (amqp_bytes_t){.len = size, .bytes = body}) != AMQP_STATUS_OK) {
         fprintf(stderr, "publish failed\n");
