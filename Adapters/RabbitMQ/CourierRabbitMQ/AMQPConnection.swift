@@ -127,8 +127,12 @@ final class AMQPConnection: @unchecked Sendable {
             defer { waiters = nil }
             return waiters ?? []
         }
+        // A command submitted while the thread was ending still runs (and fails) here.
+        failCommands()
         for waiter in waiters { waiter.resume() }
     }
+
+    private var isFinished: Bool { finished.withLock { $0 == nil } }
 
     var isStopping: Bool { stopping.load(ordering: .acquiring) }
 
@@ -138,6 +142,9 @@ final class AMQPConnection: @unchecked Sendable {
     func submit(_ body: @escaping @Sendable (AMQPConnection) -> Void) {
         commands.withLock { $0.append(body) }
         wake()
+        // The thread is gone: run the command here, against the closed connection, so that
+        // whoever waits for it hears back instead of hanging.
+        if isFinished { failCommands() }
     }
 
     /// Runs `body` on the connection's thread and returns its result.
@@ -681,6 +688,10 @@ final class AMQPConnection: @unchecked Sendable {
     /// Publishes `message` on the confirm channel; `sink` hears about its confirm.
     func publish(_ message: OutgoingMessage, sink: ConfirmSink) {
         guard !sink.failed else { return }
+        guard !isStopping else {
+            sink.fail(CourierError(.transportClosed, "publishing message \(message.id): the transport was shut down before it was confirmed; publish it again on a new transport"))
+            return
+        }
         guard let state, publisherReady else {
             // Disconnected: keep it; it goes out after the reconnect.
             unconfirmed.append(Unconfirmed(tag: 0, message: message, sink: sink))
