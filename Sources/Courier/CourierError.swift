@@ -82,10 +82,11 @@ extension CourierError {
         CourierError(.transportClosed, "\(what): the transport was shut down; create a new transport to continue")
     }
 
-    static func settled(_ tag: UInt64) -> CourierError {
+    /// The error for settling delivery `deliveryTag` a second time, for transports.
+    public static func alreadySettled(deliveryTag: UInt64) -> CourierError {
         CourierError(
             .deliveryAlreadySettled,
-            "delivery \(tag) was already acked, nacked or dead-lettered, or its subscription closed and returned it to the queue; settle each delivery once"
+            "delivery \(deliveryTag) was already acked, nacked or dead-lettered, or its subscription closed and returned it to the queue; settle each delivery once"
         )
     }
 }

@@ -36,9 +36,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         /// Counts the opens of this consumer's channel; the top bits of every delivery tag.
         var generation: UInt64 = 0
         var connectionGeneration: UInt64 = 0
-        var buffer = Deque<Delivery>()
-        var parked: [String: Deque<Delivery>] = [:]
-        var busyKeys = Set<String>()
+        var buffer = KeyOrderGate<Delivery> { $0.envelope.key }
         var outstanding: [UInt64: Outstanding] = [:]
         var waiters = Deque<Waiter>()
         var cancelled = Set<Int>()
@@ -50,31 +48,9 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         var pendingAcks: [(channel: UInt16, tag: UInt64, generation: UInt64)] = []
         var flushScheduled = false
 
-        mutating func take() -> Delivery? {
-            while let delivery = buffer.popFirst() {
-                if let key = delivery.envelope.key {
-                    if busyKeys.contains(key) {
-                        parked[key, default: []].append(delivery)
-                        continue
-                    }
-                    busyKeys.insert(key)
-                }
-                return delivery
-            }
-            return nil
-        }
-
-        mutating func release(_ key: String?) {
-            guard let key else { return }
-            busyKeys.remove(key)
-            guard var waiting = parked.removeValue(forKey: key) else { return }
-            if let next = waiting.popFirst() { buffer.prepend(next) }
-            if !waiting.isEmpty { parked[key] = waiting }
-        }
-
         mutating func serve() -> [(Waiter, Delivery)] {
             var served: [(Waiter, Delivery)] = []
-            while !waiters.isEmpty, let delivery = take() {
+            while !waiters.isEmpty, let delivery = buffer.next() {
                 served.append((waiters.removeFirst(), delivery))
             }
             return served
@@ -132,11 +108,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
     func channelLost(_ error: CourierError, final: Bool) {
         let ended = state.withLock { state -> [Waiter] in
             // Buffered deliveries will come again from the broker; keys of in-flight ones are void.
-            for delivery in state.buffer { state.outstanding[delivery.tag] = nil }
-            for (_, parked) in state.parked { for delivery in parked { state.outstanding[delivery.tag] = nil } }
-            state.buffer.removeAll()
-            state.parked.removeAll()
-            state.busyKeys.removeAll()
+            for delivery in state.buffer.removeAll(forgetInFlight: true) { state.outstanding[delivery.tag] = nil }
             guard final else { return [] }
             state.closed = true
             if error.code != .transportClosed { state.failure = error }
@@ -154,7 +126,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
     func next() async throws -> Delivery? {
         enum Fast { case delivery(Delivery), end, failure(CourierError), wait(Int) }
         let fast: Fast = state.withLock { state in
-            if let delivery = state.take() { return .delivery(delivery) }
+            if let delivery = state.buffer.next() { return .delivery(delivery) }
             if state.closed { return state.failure.map { .failure($0) } ?? .end }
             state.nextWaiter += 1
             return .wait(state.nextWaiter)
@@ -170,7 +142,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Delivery?, any Error>) in
                 let immediate: Result<Delivery?, any Error>? = state.withLock { state in
                     if state.cancelled.remove(id) != nil { return .success(nil) }
-                    if let delivery = state.take() { return .success(delivery) }
+                    if let delivery = state.buffer.next() { return .success(delivery) }
                     if state.closed { return state.failure.map { .failure($0) } ?? .success(nil) }
                     state.waiters.append(Waiter(id: id, continuation: continuation))
                     return nil
@@ -192,8 +164,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
             guard !state.closed else { return ([], 0) }
             state.closed = true
             state.outstanding.removeAll()
-            state.buffer.removeAll()
-            state.parked.removeAll()
+            _ = state.buffer.removeAll(forgetInFlight: true)
             defer { state.waiters.removeAll() }
             return (Array(state.waiters), state.channel)
         }
@@ -223,11 +194,11 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
                 return (current || state.closed ? nil : .stale(nil), [])
             }
             guard current else { return (.stale(outstanding), []) }
-            state.release(outstanding.envelope.key)
+            state.buffer.release(key: outstanding.envelope.key)
             return (.current(outstanding, channel: state.channel, connectionGeneration: state.connectionGeneration), state.serve())
         }
         for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
-        guard let settlement else { throw CourierError.alreadySettled(tag) }
+        guard let settlement else { throw CourierError.alreadySettled(deliveryTag: tag & Self.tagMask) }
         return settlement
     }
 
@@ -235,7 +206,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         let (outstanding, stale) = state.withLock { state in
             (state.outstanding[tag], tag >> Self.tagBits != state.generation && !state.closed)
         }
-        if outstanding == nil && !stale { throw CourierError.alreadySettled(tag) }
+        if outstanding == nil && !stale { throw CourierError.alreadySettled(deliveryTag: tag & Self.tagMask) }
         return outstanding
     }
 
@@ -274,15 +245,6 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         guard let outstanding = try peek(tag) else { return }
         try await transport.deadLetter(outstanding.envelope, reason: reason, origin: origin, attempts: outstanding.attempt)
         try await ack(tag: tag)
-    }
-}
-
-extension CourierError {
-    static func alreadySettled(_ tag: UInt64) -> CourierError {
-        CourierError(
-            .deliveryAlreadySettled,
-            "delivery \(tag & ((1 << 48) - 1)) was already acked, nacked or dead-lettered, or its subscription closed and returned it to the queue; settle each delivery once"
-        )
     }
 }
 

@@ -13,29 +13,28 @@ struct StoredMessage: Sendable {
 /// competing consumers share its messages, and a message stays "held" from enqueue until
 /// it is acked or moved to a dead-letter queue: that count is what the capacity bounds.
 ///
-/// Per-key order (when `ordered`): a key whose message is in flight is *busy*; later messages
+/// Per-key order (when the broker is `ordered`, see ``KeyOrderGate``): a key whose message is in flight is *busy*; later messages
 /// of that key are parked behind it and come back, in order, when it is settled. A nacked
 /// or returned message goes back to the front, so it is redelivered before its key's later
 /// messages.
 final class InMemoryQueue: DeliverySettler {
     let origin: DeliveryOrigin
-    let ordered: Bool
     let capacity: Int
     let rejectWhenFull: Bool
     /// Resume waiting publishers once the queue has drained to this many messages, so that a
     /// publisher at capacity wakes once per batch, not once per message.
     private let lowWater: Int
     private unowned let broker: InMemoryBroker
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     init(origin: DeliveryOrigin, broker: InMemoryBroker) {
         self.origin = origin
         self.broker = broker
         let configuration = broker.configuration
-        self.ordered = configuration.ordered
         self.capacity = configuration.queueCapacity
         self.rejectWhenFull = configuration.overflow == .reject
         self.lowWater = max(0, capacity - max(1, capacity / 4))
+        self.state = Mutex(State(ordered: configuration.ordered))
     }
 
     private struct InFlight {
@@ -64,9 +63,7 @@ final class InMemoryQueue: DeliverySettler {
     }
 
     private struct State {
-        var ready = Deque<StoredMessage>()
-        var parked: [String: Deque<StoredMessage>] = [:]
-        var busyKeys = Set<String>()
+        var waiting: KeyOrderGate<StoredMessage>
         var unacked: [UInt64: InFlight] = [:]
         var held = 0
         var nextTag: UInt64 = 1
@@ -79,33 +76,29 @@ final class InMemoryQueue: DeliverySettler {
         var timers: [Int: Task<Void, Never>] = [:]
         var closed = false
 
+        init(ordered: Bool) {
+            waiting = KeyOrderGate(ordered: ordered) { $0.envelope.key }
+        }
+
         mutating func makeID() -> Int {
             defer { nextID += 1 }
             return nextID
         }
 
         mutating func take(for consumerID: Int, queue: InMemoryQueue) -> Delivery? {
-            guard let consumer = consumers[consumerID], consumer.inFlight < consumer.prefetch else { return nil }
-            while let message = ready.popFirst() {
-                if queue.ordered, let key = message.envelope.key {
-                    if busyKeys.contains(key) {
-                        parked[key, default: []].append(message)
-                        continue
-                    }
-                    busyKeys.insert(key)
-                }
-                let tag = nextTag
-                nextTag += 1
-                unacked[tag] = InFlight(message: message, consumer: consumerID, maxAttempts: consumer.maxAttempts)
-                consumers[consumerID]!.inFlight += 1
-                return Delivery(envelope: message.envelope, attempt: message.attempt, origin: queue.origin, tag: tag, settler: queue)
-            }
-            return nil
+            guard let consumer = consumers[consumerID], consumer.inFlight < consumer.prefetch,
+                let message = waiting.next()
+            else { return nil }
+            let tag = nextTag
+            nextTag += 1
+            unacked[tag] = InFlight(message: message, consumer: consumerID, maxAttempts: consumer.maxAttempts)
+            consumers[consumerID]!.inFlight += 1
+            return Delivery(envelope: message.envelope, attempt: message.attempt, origin: queue.origin, tag: tag, settler: queue)
         }
 
         /// Hands one available message to the first waiting consumer that may take it.
         mutating func serveOne(queue: InMemoryQueue) -> Wake? {
-            guard !consumerWaiters.isEmpty, !ready.isEmpty else { return nil }
+            guard !consumerWaiters.isEmpty, !waiting.isEmpty else { return nil }
             for index in consumerWaiters.indices {
                 let waiter = consumerWaiters[index]
                 guard let consumer = consumers[waiter.consumer], consumer.inFlight < consumer.prefetch else { continue }
@@ -120,23 +113,6 @@ final class InMemoryQueue: DeliverySettler {
             var wakes: [Wake] = []
             while let wake = serveOne(queue: queue) { wakes.append(wake) }
             return wakes
-        }
-
-        /// A settled message no longer holds its key: the next parked message of that key
-        /// moves to the front.
-        mutating func release(key: String?) {
-            guard let key else { return }
-            busyKeys.remove(key)
-            guard var waiting = parked.removeValue(forKey: key) else { return }
-            if let next = waiting.popFirst() { ready.prepend(next) }
-            if !waiting.isEmpty { parked[key] = waiting }
-        }
-
-        /// Puts a message back at the front: it is older than everything behind it, and
-        /// older than the parked messages of its key.
-        mutating func returnToFront(_ message: StoredMessage, ordered: Bool) {
-            ready.prepend(message)
-            if ordered, let key = message.envelope.key { busyKeys.remove(key) }
         }
 
         mutating func publishersToWake(lowWater: Int) -> [UnsafeContinuation<Void, any Error>] {
@@ -156,7 +132,7 @@ final class InMemoryQueue: DeliverySettler {
                 if state.closed { return .closed }
                 if state.held >= capacity { return .full }
                 state.held += 1
-                state.ready.append(message)
+                state.waiting.append(message)
                 return .stored(state.serveOne(queue: self))
             }
             switch outcome {
@@ -256,7 +232,7 @@ final class InMemoryQueue: DeliverySettler {
             let returned = state.unacked.filter { $0.value.consumer == consumer }.sorted { $0.key > $1.key }
             for (tag, inFlight) in returned {
                 state.unacked.removeValue(forKey: tag)
-                state.returnToFront(inFlight.message, ordered: ordered)
+                state.waiting.returnToFront(inFlight.message)
             }
             var ended: [ConsumerWaiter] = []
             state.consumerWaiters.removeAll { waiter in
@@ -274,10 +250,10 @@ final class InMemoryQueue: DeliverySettler {
 
     func ack(tag: UInt64) throws {
         let (publishers, wakes): ([UnsafeContinuation<Void, any Error>], [Wake]) = try state.withLock { state in
-            guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.settled(tag) }
+            guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
             state.consumers[inFlight.consumer]?.inFlight -= 1
             state.held -= 1
-            if ordered { state.release(key: inFlight.message.envelope.key) }
+            state.waiting.release(key: inFlight.message.envelope.key)
             let publishers = state.publishersToWake(lowWater: lowWater)
             return (publishers, state.consumerWaiters.isEmpty ? [] : state.serveAll(queue: self))
         }
@@ -288,13 +264,13 @@ final class InMemoryQueue: DeliverySettler {
     func nack(tag: UInt64, delay: Duration) async throws {
         enum Outcome { case requeued([Wake]), delayed, exhausted(InFlight) }
         let outcome: Outcome = try state.withLock { state in
-            guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.settled(tag) }
+            guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
             state.consumers[inFlight.consumer]?.inFlight -= 1
             if inFlight.message.attempt >= inFlight.maxAttempts { return .exhausted(inFlight) }
             var message = inFlight.message
             message.attempt += 1
             if delay <= .zero {
-                state.returnToFront(message, ordered: ordered)
+                state.waiting.returnToFront(message)
                 return .requeued(state.serveAll(queue: self))
             }
             // The key stays busy during the delay, so its later messages wait behind this one.
@@ -321,7 +297,7 @@ final class InMemoryQueue: DeliverySettler {
     private func redeliver(_ message: StoredMessage, timer: Int) {
         let wakes: [Wake] = state.withLock { state in
             guard state.timers.removeValue(forKey: timer) != nil, !state.closed else { return [] }
-            state.returnToFront(message, ordered: ordered)
+            state.waiting.returnToFront(message)
             return state.serveAll(queue: self)
         }
         for wake in wakes { wake.resume() }
@@ -329,7 +305,7 @@ final class InMemoryQueue: DeliverySettler {
 
     func deadLetter(tag: UInt64, reason: String) async throws {
         let message: StoredMessage = try state.withLock { state in
-            guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.settled(tag) }
+            guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
             state.consumers[inFlight.consumer]?.inFlight -= 1
             return inFlight.message
         }
@@ -345,7 +321,7 @@ final class InMemoryQueue: DeliverySettler {
             try await deadLetters.enqueue(StoredMessage(envelope: envelope, attempt: 1))
         } catch {
             let wakes: [Wake] = state.withLock { state in
-                state.returnToFront(message, ordered: ordered)
+                state.waiting.returnToFront(message)
                 return state.serveAll(queue: self)
             }
             for wake in wakes { wake.resume() }
@@ -353,7 +329,7 @@ final class InMemoryQueue: DeliverySettler {
         }
         let (publishers, wakes): ([UnsafeContinuation<Void, any Error>], [Wake]) = state.withLock { state in
             state.held -= 1
-            if ordered { state.release(key: message.envelope.key) }
+            state.waiting.release(key: message.envelope.key)
             return (state.publishersToWake(lowWater: lowWater), state.serveAll(queue: self))
         }
         for publisher in publishers { publisher.resume() }
@@ -365,9 +341,8 @@ final class InMemoryQueue: DeliverySettler {
     /// Replaces the waiting messages with `messages` (a rewind); in-flight ones stay in flight.
     func replace(with messages: [StoredMessage]) {
         let wakes: [Wake] = state.withLock { state in
-            let dropped = state.ready.count + state.parked.values.reduce(0) { $0 + $1.count }
-            state.ready = Deque(messages)
-            state.parked = [:]
+            let dropped = state.waiting.removeAll(forgetInFlight: false).count
+            for message in messages { state.waiting.append(message) }
             state.held += messages.count - dropped
             return state.serveAll(queue: self)
         }

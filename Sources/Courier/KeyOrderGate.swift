@@ -1,0 +1,76 @@
+import DequeModule
+
+/// Per-key ordering for a stream of waiting messages, for transports and adapters.
+///
+/// Items leave in arrival order, except that an item whose key already has one in flight
+/// (taken and not yet settled) is held back, in order, until ``release(key:)``. Items without a
+/// key are never held. With `ordered` false the gate is a plain FIFO.
+///
+/// Returned items (a nack, a closed consumer) go back to the front with ``returnToFront(_:)``:
+/// they are older than everything waiting, including the held-back items of their key.
+public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
+    private var ready = Deque<Element>()
+    private var parked: [String: Deque<Element>] = [:]
+    private var busy = Set<String>()
+    private let ordered: Bool
+    private let key: @Sendable (Element) -> String?
+
+    /// Creates an empty gate; `key` gives an item's ordering key.
+    public init(ordered: Bool = true, key: @escaping @Sendable (Element) -> String?) {
+        self.ordered = ordered
+        self.key = key
+    }
+
+    /// Whether nothing waits in arrival order (held-back items may remain).
+    public var isEmpty: Bool { ready.isEmpty }
+
+    /// How many items wait, held-back ones included.
+    public var count: Int { ready.count + parked.values.reduce(0) { $0 + $1.count } }
+
+    /// Adds an item behind all others.
+    public mutating func append(_ element: Element) {
+        ready.append(element)
+    }
+
+    /// The next item whose key is free, marking its key in flight; `nil` when none can go.
+    public mutating func next() -> Element? {
+        while let element = ready.popFirst() {
+            if ordered, let key = key(element) {
+                if busy.contains(key) {
+                    parked[key, default: []].append(element)
+                    continue
+                }
+                busy.insert(key)
+            }
+            return element
+        }
+        return nil
+    }
+
+    /// The item of `key` in flight was settled: the next held-back item of that key moves to
+    /// the front.
+    public mutating func release(key: String?) {
+        guard ordered, let key else { return }
+        busy.remove(key)
+        guard var waiting = parked.removeValue(forKey: key) else { return }
+        if let next = waiting.popFirst() { ready.prepend(next) }
+        if !waiting.isEmpty { parked[key] = waiting }
+    }
+
+    /// Puts an item that was in flight back at the front and frees its key.
+    public mutating func returnToFront(_ element: Element) {
+        ready.prepend(element)
+        if ordered, let key = key(element) { busy.remove(key) }
+    }
+
+    /// Removes every waiting item (held-back ones included) and returns them; with
+    /// `forgetInFlight`, keys in flight are freed too (their items will not be settled).
+    public mutating func removeAll(forgetInFlight: Bool) -> [Element] {
+        var removed = Array(ready)
+        for (_, waiting) in parked { removed.append(contentsOf: waiting) }
+        ready.removeAll()
+        parked.removeAll()
+        if forgetInFlight { busy.removeAll() }
+        return removed
+    }
+}
