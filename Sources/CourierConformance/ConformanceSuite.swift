@@ -23,6 +23,7 @@ public struct ConformanceSuite: Sendable {
     /// Sizes, timeouts and hooks.
     public let configuration: ConformanceConfiguration
     let makeTransport: @Sendable () async throws -> any Transport
+    private let knownCapabilities = Locked<TransportCapabilities?>(nil)
 
     /// Creates a suite.
     /// - Parameters:
@@ -63,11 +64,19 @@ public struct ConformanceSuite: Sendable {
         return skipped.isEmpty ? nil : skipped.map { "\($0.scenario): \($0.reason)" }.joined(separator: "; ")
     }
 
-    /// The scenarios this transport skips for a missing capability, each with the reason.
-    public func skippedScenarios() async throws -> [(scenario: ConformanceScenario, reason: String)] {
+    /// The transport's capabilities, read from one client the first time and remembered.
+    func capabilities() async throws -> TransportCapabilities {
+        if let known = knownCapabilities.value { return known }
         let transport = try await makeTransport()
         let capabilities = transport.capabilities
         try await transport.shutdown()
+        knownCapabilities.withLock { $0 = capabilities }
+        return capabilities
+    }
+
+    /// The scenarios this transport skips for a missing capability, each with the reason.
+    public func skippedScenarios() async throws -> [(scenario: ConformanceScenario, reason: String)] {
+        let capabilities = try await capabilities()
         return ConformanceScenario.allCases.compactMap { scenario in
             Scenarios.skipReason(for: scenario, capabilities: capabilities, configuration: configuration).map { (scenario, $0) }
         }

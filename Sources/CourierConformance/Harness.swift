@@ -70,6 +70,12 @@ final class Received: Sendable {
     func didSettle() { state.withLock { $0.settled += 1 } }
     var settled: Int { state.withLock { $0.settled } }
     var ids: Set<String> { state.withLock { Set($0.acked.keys) } }
+    /// Whether every id of `expected` was acked (checked under the lock, without copying).
+    func hasAll(_ expected: Set<String>) -> Bool {
+        state.withLock { state in
+            state.acked.count >= expected.count && expected.allSatisfy { state.acked[$0] != nil }
+        }
+    }
     var count: Int { state.withLock { $0.acked.count } }
     var duplicates: Int { state.withLock { $0.duplicates } }
     var arrivals: Int { state.withLock { $0.arrivals } }
@@ -127,7 +133,7 @@ extension Scenarios {
                 try await Task.sleep(for: .milliseconds(5))
                 let now = ContinuousClock.now
                 if let limit, received.settled >= limit { break }
-                if !expected.isEmpty, received.ids.isSuperset(of: expected) {
+                if !expected.isEmpty, received.hasAll(expected) {
                     if !linger { break }
                     let since = completeSince ?? now
                     completeSince = since

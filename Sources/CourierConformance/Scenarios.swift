@@ -9,7 +9,7 @@ struct Scenarios: Sendable {
     let scenario: ConformanceScenario
 
     func run() async throws -> ConformanceOutcome {
-        let capabilities = try await withTransport { $0.capabilities }
+        let capabilities = try await suite.capabilities()
         if let reason = Self.skipReason(for: scenario, capabilities: capabilities, configuration: suite.configuration) {
             return .skipped(reason)
         }

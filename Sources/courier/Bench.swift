@@ -149,11 +149,6 @@ struct BenchReport: Codable {
     }
 }
 
-extension Duration {
-    var seconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) / 1e18
-    }
-}
 
 /// A counter shared by concurrent tasks.
 final class Counter: Sendable {

@@ -87,10 +87,9 @@ struct DemoSummary: Sendable {
     var everyCustomerExactlyOnce: Bool { stored.count == registered && missing.isEmpty }
 
     var report: String {
-        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
         var lines = [
             "",
-            "Summary (\(String(format: "%.1f", ms)) ms)",
+            "Summary (\(String(format: "%.1f", elapsed.milliseconds)) ms)",
             "  customers registered (events published)   \(registered)",
             "  events transformed (commands confirmed)   \(transformed)",
             "  commands handled by marketing             \(handled) (\(duplicates) redelivered duplicates ignored)",

@@ -41,9 +41,7 @@ final class Console: Sendable {
     func line(since start: ContinuousClock.Instant, _ text: (String) -> String) {
         lock.lock()
         defer { lock.unlock() }
-        let elapsed = ContinuousClock.now - start
-        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
-        print(text(String(format: "%9.1f ms", ms)))
+        print(text(String(format: "%9.1f ms", (ContinuousClock.now - start).milliseconds)))
         fflush(nil)
     }
 }

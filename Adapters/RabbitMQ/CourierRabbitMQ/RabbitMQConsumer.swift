@@ -249,7 +249,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
 }
 
 /// The subscriptions of a transport, for shutdown.
-final class LockedSet: Sendable {
+final class ConsumerRegistry: Sendable {
     private let members = Mutex<[ObjectIdentifier: RabbitMQConsumer]>([:])
     func insert(_ consumer: RabbitMQConsumer) { members.withLock { $0[ObjectIdentifier(consumer)] = consumer } }
     func remove(_ consumer: RabbitMQConsumer) { _ = members.withLock { $0.removeValue(forKey: ObjectIdentifier(consumer)) } }

@@ -47,7 +47,7 @@ public final class RabbitMQTransport: Transport {
     public let capabilities: TransportCapabilities
     let publisher: AMQPConnection
     let consumer: AMQPConnection
-    private let subscriptions = LockedSet()
+    private let subscriptions = ConsumerRegistry()
     private let closed = LockedFlag()
 
     /// Connects to the broker an `amqp://` or `amqps://` URL names.
@@ -95,29 +95,39 @@ public final class RabbitMQTransport: Transport {
     // MARK: Producing
 
     public func publish(_ envelopes: [Envelope], to topic: String) async throws {
-        try checkOpen("publishing to \(topic)")
-        try DestinationName.validate(topic, as: .topic)
-        for envelope in envelopes { try capabilities.check(envelope) }
+        try check(envelopes, to: topic, as: .topic, "publishing to")
         let exchange = topology.exchange(topic)
         let topology = self.topology
-        try await publish(envelopes.map { envelope in
-            Self.outgoing(envelope, attempt: 1, exchange: exchange, routingKey: "") { connection throws(CourierError) in
-                try topology.declareExchange(exchange, on: connection, channel: AMQPConnection.publishChannel)
-            }
-        })
+        try await publish(envelopes, exchange: exchange, routingKey: "") { connection throws(CourierError) in
+            try topology.declareExchange(exchange, on: connection, channel: AMQPConnection.publishChannel)
+        }
     }
 
     public func send(_ envelopes: [Envelope], to queue: String) async throws {
-        try checkOpen("sending to \(queue)")
-        try DestinationName.validate(queue, as: .queue)
+        try check(envelopes, to: queue, as: .queue, "sending to")
+        try await publish(envelopes, toQueue: topology.commandQueue(queue))
+    }
+
+    private func check(_ envelopes: [Envelope], to name: String, as kind: DestinationName.Kind, _ what: String) throws(CourierError) {
+        try checkOpen("\(what) \(name)")
+        try DestinationName.validate(name, as: kind)
         for envelope in envelopes { try capabilities.check(envelope) }
-        let name = topology.commandQueue(queue)
+    }
+
+    /// Publishes `envelopes` through the default exchange to `queue`, declaring it first.
+    private func publish(_ envelopes: [Envelope], attempt: Int = 1, toQueue queue: String) async throws {
         let topology = self.topology
-        try await publish(envelopes.map { envelope in
-            Self.outgoing(envelope, attempt: 1, exchange: "", routingKey: name) { connection throws(CourierError) in
-                try topology.declareQueue(name, on: connection, channel: AMQPConnection.publishChannel)
-            }
-        })
+        try await publish(envelopes, attempt: attempt, exchange: "", routingKey: queue) { connection throws(CourierError) in
+            try topology.declareQueue(queue, on: connection, channel: AMQPConnection.publishChannel)
+        }
+    }
+
+    /// Publishes `envelopes` with one shared `declare` for their destination.
+    private func publish(
+        _ envelopes: [Envelope], attempt: Int = 1, exchange: String, routingKey: String,
+        declare: @escaping (AMQPConnection) throws(CourierError) -> Void
+    ) async throws {
+        try await publish(envelopes.map { Self.outgoing($0, attempt: attempt, exchange: exchange, routingKey: routingKey, declare: declare) })
     }
 
     /// Publishes on the confirm channel and waits for every confirm.
@@ -230,25 +240,22 @@ public final class RabbitMQTransport: Transport {
     /// when `delay` is positive; returns once confirmed.
     func redeliver(_ envelope: Envelope, attempt: Int, origin: DeliveryOrigin, delay: Duration) async throws {
         let target = topology.queue(for: origin)
-        let topology = self.topology
         if delay <= .zero {
-            try await publish([Self.outgoing(envelope, attempt: attempt, exchange: "", routingKey: target) { _ throws(CourierError) in }])
+            // The queue exists: its consumer just received from it.
+            try await publish([envelope], attempt: attempt, exchange: "", routingKey: target) { _ throws(CourierError) in }
             return
         }
         let milliseconds = RabbitMQTopology.delayBucket(delay)
+        let topology = self.topology
         let delayQueue = topology.delayQueue(target, milliseconds)
-        try await publish([Self.outgoing(envelope, attempt: attempt, exchange: "", routingKey: delayQueue) { connection throws(CourierError) in
+        try await publish([envelope], attempt: attempt, exchange: "", routingKey: delayQueue) { connection throws(CourierError) in
             try topology.declareDelayQueue(delayQueue, target: target, milliseconds: milliseconds, on: connection)
-        }])
+        }
     }
 
     /// Publishes `envelope` as a dead letter of `origin`; returns once confirmed.
     func deadLetter(_ envelope: Envelope, reason: String, origin: DeliveryOrigin, attempts: Int) async throws {
-        let queue = topology.deadLetterQueue(origin)
-        let topology = self.topology
         let letter = WireFormat.deadLetter(envelope, reason: reason, origin: origin, attempts: attempts)
-        try await publish([Self.outgoing(letter, attempt: 1, exchange: "", routingKey: queue) { connection throws(CourierError) in
-            try topology.declareQueue(queue, on: connection, channel: AMQPConnection.publishChannel)
-        }])
+        try await publish([letter], toQueue: topology.deadLetterQueue(origin))
     }
 }

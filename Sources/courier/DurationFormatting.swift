@@ -1,0 +1,9 @@
+extension Duration {
+    /// The duration in seconds, for rates and reports.
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+
+    /// The duration in milliseconds.
+    var milliseconds: Double { seconds * 1000 }
+}
