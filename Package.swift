@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "Courier", targets: ["Courier"]),
         .library(name: "CourierConformance", targets: ["CourierConformance"]),
         .library(name: "CourierRabbitMQ", targets: ["CourierRabbitMQ"]),
+        .library(name: "CourierKafka", targets: ["CourierKafka"]),
         .executable(name: "courier", targets: ["courier"]),
     ],
     dependencies: [
@@ -46,11 +47,28 @@ let package = Package(
             path: "Adapters/RabbitMQ/CourierRabbitMQ",
             swiftSettings: strictness
         ),
+        .systemLibrary(
+            name: "Crdkafka",
+            path: "Adapters/Kafka/Crdkafka",
+            pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]
+        ),
+        .target(
+            name: "CourierKafka",
+            dependencies: [
+                "Courier",
+                "Crdkafka",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            path: "Adapters/Kafka/CourierKafka",
+            swiftSettings: strictness
+        ),
         .executableTarget(
             name: "courier",
             dependencies: [
                 "Courier",
                 "CourierRabbitMQ",
+                "CourierKafka",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictness
@@ -67,7 +85,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CourierIntegrationTests",
-            dependencies: ["Courier", "CourierConformance", "CourierRabbitMQ"],
+            dependencies: ["Courier", "CourierConformance", "CourierRabbitMQ", "CourierKafka"],
             path: "IntegrationTests",
             exclude: ["README.md"],
             swiftSettings: strictness

@@ -11,7 +11,7 @@ public struct CourierError: Error, Sendable, CustomStringConvertible {
             case invalidName, invalidURL, unsupportedTransport, unsupportedCapability
             case payloadTooLarge, queueFull, transportClosed, subscriptionClosed
             case deliveryAlreadySettled, unreachable, authenticationFailed, notConfirmed
-            case brokerRejected, timeout, invalidConfiguration, decodingFailed, handlerFailed
+            case brokerRejected, timeout, invalidConfiguration, decodingFailed, handlerFailed, notFound
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -50,6 +50,9 @@ public struct CourierError: Error, Sendable, CustomStringConvertible {
         public static let decodingFailed = Code(.decodingFailed)
         /// A message handler threw.
         public static let handlerFailed = Code(.handlerFailed)
+        /// A topic or queue does not exist on the broker and the configuration does not let
+        /// Courier create it.
+        public static let notFound = Code(.notFound)
 
         public var description: String { base.rawValue }
     }

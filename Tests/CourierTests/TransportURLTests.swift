@@ -65,7 +65,7 @@ struct TransportURLTests {
     }
 
     @Test func kafkaURLWithSeveralServersAndPassThroughProperties() throws {
-        let url = "kafka://alice:s3cret@k1:19092,k2,[::1]:9093?client_id=shop&partitions=6&replication_factor=3&security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512&rdkafka.linger.ms=5&verify=verify_none"
+        let url = "kafka://alice:s3cret@k1:19092,k2,[::1]:9093?client_id=shop&partitions=6&replication_factor=3&security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512&rdkafka.linger.ms=5&verify=verify_none&create_topics=auto"
         guard case .kafka(let settings) = try TransportURL(url) else { Issue.record("not kafka"); return }
         #expect(settings.bootstrapServers == [.init(host: "k1", port: 19092), .init(host: "k2", port: 9092), .init(host: "::1", port: 9093)])
         #expect(settings.clientID == "shop")
@@ -77,6 +77,9 @@ struct TransportURLTests {
         #expect(settings.password?.revealed == "s3cret")
         #expect(settings.properties == ["linger.ms": "5"])
         #expect(settings.tls?.verifyPeer == false)
+        #expect(settings.topicCreation == .auto)
+        guard case .kafka(let plain) = try TransportURL("kafka://k1") else { Issue.record("not kafka"); return }
+        #expect(plain.topicCreation == .admin)
     }
 
     @Test(arguments: [
@@ -100,6 +103,7 @@ struct TransportURLTests {
         ("kafka://a,,b", "empty entry"),
         ("kafka://a/topic", "take no path"),
         ("kafka://a?security_protocol=tls", "security_protocol is 'tls'"),
+        ("kafka://a?create_topics=yes", "create_topics is 'yes'"),
         ("memory://x?capacity=0", "option capacity is '0'"),
         ("memory://bad name", "broker name"),
         ("memory://u:p@x", "no user or password"),

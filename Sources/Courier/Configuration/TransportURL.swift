@@ -140,9 +140,24 @@ public struct AMQPSettings: Sendable, Hashable, CustomStringConvertible {
 /// Port defaults to 9092. Options: `client_id` (default `courier`), `partitions` (for topics
 /// Courier creates, default 4), `replication_factor` (default -1, the broker's default),
 /// `security_protocol` (`plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`), `sasl_mechanism`,
-/// `cacertfile`, `certfile`, `keyfile`, `verify`, and any librdkafka property prefixed
-/// `rdkafka.` (`rdkafka.linger.ms=5`). User and password in the URL are the SASL credentials.
+/// `cacertfile`, `certfile`, `keyfile`, `verify`, `create_topics` (`admin`, `auto` or `off`;
+/// see ``TopicCreation``), and any librdkafka property prefixed `rdkafka.`
+/// (`rdkafka.linger.ms=5`). User and password in the URL are the SASL credentials.
 public struct KafkaSettings: Sendable, Hashable, CustomStringConvertible {
+    /// How a missing topic comes to exist when Courier first publishes to or reads it.
+    public enum TopicCreation: String, Sendable, Hashable {
+        /// Courier creates it with the Admin API (CreateTopics) with ``KafkaSettings/partitions``
+        /// and ``KafkaSettings/replicationFactor``. The default; URL `create_topics=admin`.
+        case admin
+        /// The broker creates it on first use (its `auto.create.topics.enable`, its default
+        /// partition count). For brokers without the Admin API, such as librdkafka's mock
+        /// cluster. URL `create_topics=auto`.
+        case auto
+        /// Never: a missing topic is an error (``CourierError/Code/notFound``). URL
+        /// `create_topics=off`.
+        case off
+    }
+
     /// A bootstrap server.
     public struct Server: Sendable, Hashable, CustomStringConvertible {
         public var host: String
@@ -158,6 +173,8 @@ public struct KafkaSettings: Sendable, Hashable, CustomStringConvertible {
     public var clientID: String = "courier"
     public var partitions: Int = 4
     public var replicationFactor: Int = -1
+    /// How missing topics are created. Default ``TopicCreation/admin``.
+    public var topicCreation: TopicCreation = .admin
     public var securityProtocol: String = "plaintext"
     public var saslMechanism: String?
     public var username: String?

@@ -132,6 +132,12 @@ struct URLParser {
         if let value = options.removeValue(forKey: "client_id") { settings.clientID = value }
         if let value = options.removeValue(forKey: "partitions") { settings.partitions = try integer("partitions", value, min: 1) }
         if let value = options.removeValue(forKey: "replication_factor") { settings.replicationFactor = try integer("replication_factor", value, min: -1) }
+        if let value = options.removeValue(forKey: "create_topics") {
+            guard let creation = KafkaSettings.TopicCreation(rawValue: value.lowercased()) else {
+                throw fail("option create_topics is '\(value)'; use admin, auto or off")
+            }
+            settings.topicCreation = creation
+        }
         if let value = options.removeValue(forKey: "sasl_mechanism") { settings.saslMechanism = value }
         if let value = options.removeValue(forKey: "security_protocol") {
             let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]

@@ -1,0 +1,153 @@
+import Courier
+import Crdkafka
+import Foundation
+
+/// Building librdkafka handles from ``KafkaSettings``, and the helpers every part of the
+/// adapter shares: error text, and running a blocking librdkafka call on a thread of our own.
+enum KafkaClient {
+    /// The librdkafka properties for `settings`: servers, client id, security, then the
+    /// pass-through properties (which win).
+    static func properties(_ settings: KafkaSettings) -> [(String, String)] {
+        var properties: [(String, String)] = [
+            ("bootstrap.servers", settings.bootstrapServers.map(\.description).joined(separator: ",")),
+            ("client.id", settings.clientID),
+            ("security.protocol", settings.securityProtocol),
+            ("log_level", "2"),
+            ("log.connection.close", "false"),
+        ]
+        if let mechanism = settings.saslMechanism { properties.append(("sasl.mechanism", mechanism)) }
+        if let username = settings.username { properties.append(("sasl.username", username)) }
+        if let password = settings.password { properties.append(("sasl.password", password.revealed)) }
+        if let tls = settings.tls {
+            if let file = tls.caCertificateFile { properties.append(("ssl.ca.location", file)) }
+            if let file = tls.certificateFile { properties.append(("ssl.certificate.location", file)) }
+            if let file = tls.keyFile { properties.append(("ssl.key.location", file)) }
+            if !tls.verifyPeer {
+                properties.append(("enable.ssl.certificate.verification", "false"))
+                properties.append(("ssl.endpoint.identification.algorithm", "none"))
+            }
+        }
+        for (key, value) in settings.properties.sorted(by: { $0.key < $1.key }) { properties.append((key, value)) }
+        return properties
+    }
+
+    /// A new configuration object holding `properties`; the caller passes it to `rd_kafka_new`
+    /// (which takes ownership) or destroys it.
+    static func configuration(_ properties: [(String, String)]) throws(CourierError) -> OpaquePointer {
+        let conf = rd_kafka_conf_new()!
+        var error = [CChar](repeating: 0, count: 512)
+        for (key, value) in properties {
+            if rd_kafka_conf_set(conf, key, value, &error, error.count) != RD_KAFKA_CONF_OK {
+                rd_kafka_conf_destroy(conf)
+                let shown = key.contains("password") || key.contains("secret") ? "******" : value
+                throw CourierError(
+                    .invalidConfiguration,
+                    "librdkafka refused property \(key)=\(shown): \(KafkaClient.text(error)); see librdkafka's CONFIGURATION.md for \(KafkaTransport.librdkafkaVersion)"
+                )
+            }
+        }
+        return conf
+    }
+
+    /// A client of `type` with `conf` (consumed either way).
+    static func handle(_ type: rd_kafka_type_t, _ conf: OpaquePointer) throws(CourierError) -> OpaquePointer {
+        var error = [CChar](repeating: 0, count: 512)
+        guard let rk = rd_kafka_new(type, conf, &error, error.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw CourierError(.invalidConfiguration, "librdkafka could not create a client: \(KafkaClient.text(error))")
+        }
+        return rk
+    }
+
+    /// The text librdkafka wrote into an error buffer.
+    static func text(_ buffer: [CChar]) -> String {
+        buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
+    /// librdkafka's text for `error`.
+    static func describe(_ error: rd_kafka_resp_err_t) -> String {
+        String(cString: rd_kafka_err2str(error))
+    }
+
+    /// A Courier error for a failed librdkafka operation, classified by its error code.
+    static func error(_ error: rd_kafka_resp_err_t, _ what: String) -> CourierError {
+        let text = describe(error)
+        switch error {
+        case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE, RD_KAFKA_RESP_ERR_INVALID_RECORD:
+            return CourierError(.payloadTooLarge, "\(what): the broker refused the message as too large (\(text)); raise the topic's max.message.bytes or send less")
+        case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+            return CourierError(.notConfirmed, "\(what): no delivery report within message.timeout.ms (\(text)); the message may or may not be stored. Check the brokers, then retry")
+        case RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, RD_KAFKA_RESP_ERR__RESOLVE:
+            return CourierError(.unreachable, "\(what): \(text); check that the brokers are up and reachable")
+        case RD_KAFKA_RESP_ERR__TIMED_OUT, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+            return CourierError(.timeout, "\(what): \(text); check that the brokers are up and reachable")
+        case RD_KAFKA_RESP_ERR__AUTHENTICATION, RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+            return CourierError(.authenticationFailed, "\(what): \(text); check the user name and password")
+        case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+            return CourierError(.notFound, "\(what): the topic does not exist (\(text)); create it or allow creation with create_topics=admin or auto")
+        case RD_KAFKA_RESP_ERR__DESTROY, RD_KAFKA_RESP_ERR__FATAL:
+            return CourierError(.transportClosed, "\(what): \(text)")
+        default:
+            return CourierError(.brokerRejected, "\(what): \(text)")
+        }
+    }
+
+    /// Runs the blocking `body` on a new thread, never on Swift's cooperative pool, and
+    /// returns its result.
+    static func offload<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws(CourierError) -> T) async throws(CourierError) -> T {
+        let result: Result<T, CourierError> = await withUnsafeContinuation { continuation in
+            let thread = Thread {
+                do throws(CourierError) {
+                    continuation.resume(returning: .success(try body()))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+            thread.name = "courier.kafka.\(name)"
+            thread.start()
+        }
+        return try result.get()
+    }
+
+    /// Milliseconds for a librdkafka timeout argument.
+    static func milliseconds(_ duration: Duration) -> Int32 {
+        let (seconds, attoseconds) = duration.components
+        return Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+    }
+}
+
+/// A librdkafka handle passed to a thread of ours. librdkafka's handles are thread-safe.
+struct SendableHandle: @unchecked Sendable {
+    let raw: OpaquePointer
+}
+
+/// A `rd_kafka_topic_partition_list_t` owned by Swift.
+final class PartitionList {
+    let list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>
+
+    init(capacity: Int = 4) {
+        list = rd_kafka_topic_partition_list_new(Int32(capacity))
+    }
+
+    /// Takes ownership of a list librdkafka returned.
+    init(taking list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
+        self.list = list
+    }
+
+    /// A copy of a list librdkafka lends (in a callback).
+    init(copying list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
+        self.list = rd_kafka_topic_partition_list_copy(list)
+    }
+
+    deinit { rd_kafka_topic_partition_list_destroy(list) }
+
+    func add(_ topic: String, _ partition: Int32, offset: Int64 = courier_rdk_offset_invalid()) {
+        rd_kafka_topic_partition_list_add(list, topic, partition).pointee.offset = offset
+    }
+
+    var count: Int { Int(list.pointee.cnt) }
+
+    var elements: UnsafeMutableBufferPointer<rd_kafka_topic_partition_t> {
+        UnsafeMutableBufferPointer(start: list.pointee.elems, count: count)
+    }
+}

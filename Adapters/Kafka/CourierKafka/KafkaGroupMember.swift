@@ -1,0 +1,652 @@
+import Courier
+import Crdkafka
+import DequeModule
+import Foundation
+import Synchronization
+
+/// One member of a Kafka consumer group: a librdkafka consumer driven by a thread of its own,
+/// shared by every ``Subscription`` of one transport to the same group or queue (they compete
+/// for its deliveries, as members of a group do).
+///
+/// - Offsets: every message polled is in flight until settled. The committed offset of a
+///   partition is the lowest unsettled offset (or the next one when all are settled), so a
+///   commit never passes an un-acked message. Commits go out every `commitInterval`, on
+///   revoke, and on close.
+/// - Order: messages with the same key are handed out one at a time (``KeyOrderGate``); a
+///   nacked message goes back to the front of its key after its delay, so per-key order holds
+///   across nacks.
+/// - Flow: when `prefetch` (summed over the subscriptions) messages are unsettled, the
+///   assigned partitions are paused, and resumed at half of it.
+/// - Rebalance: on revoke the acked offsets are committed and everything unsettled of the
+///   revoked partitions is forgotten (settling it later is a no-op; the new owner gets it
+///   again). On assign, a partition with no committed offset starts at the group's start
+///   position, and that offset is committed at once, so the group exists durably.
+final class KafkaGroupMember: @unchecked Sendable {
+    let origin: DeliveryOrigin
+    let topic: String
+    let groupID: String
+    let options: SubscriptionOptions
+    private let startPosition: StartPosition
+    private let commitInterval: Duration
+    private let timeout: Duration
+    private let deadLetterTopic: String
+    private let producer: KafkaProducer
+    private let onClosed: @Sendable (KafkaGroupMember) -> Void
+
+    // Thread-confined: touched only on the member's thread (and in init).
+    private var rk: OpaquePointer!
+    private var queue: OpaquePointer!
+    private var paused = false
+    private var lastCommit = ContinuousClock.now
+    private let started = ContinuousClock.now
+    private var hasJoined = false
+    private let joinTimeout: Duration
+
+    private let state = Mutex(State())
+
+    /// A message polled and not yet settled, as it waits in the gate.
+    struct Pending: Sendable {
+        var envelope: Envelope
+        var attempt: Int
+        var partition: Int32
+        var offset: Int64
+        var epoch: UInt64
+    }
+
+    private struct Taken {
+        var pending: Pending
+        var subscription: Int
+    }
+
+    private struct Track {
+        /// Offsets polled, in order, with whether each is settled.
+        var inFlight = Deque<(offset: Int64, settled: Bool)>()
+        /// The offset after the last one polled (or the start offset).
+        var next: Int64
+        var committed: Int64
+        /// Messages older than this (ms since 1970) are skipped: a timestamp start the broker
+        /// could not resolve.
+        var skipBefore: Int64?
+
+        var commitOffset: Int64 { inFlight.first?.offset ?? next }
+
+        mutating func settle(_ offset: Int64) {
+            var low = 0
+            var high = inFlight.count
+            while low < high {
+                let middle = (low + high) / 2
+                if inFlight[middle].offset < offset { low = middle + 1 } else { high = middle }
+            }
+            guard low < inFlight.count, inFlight[low].offset == offset else { return }
+            inFlight[low].settled = true
+            while let first = inFlight.first, first.settled { inFlight.removeFirst() }
+        }
+    }
+
+    private struct Waiter {
+        let id: Int
+        let subscription: KafkaSubscription
+        let continuation: UnsafeContinuation<Delivery?, any Error>
+    }
+
+    private struct State {
+        var gate = KeyOrderGate<Pending> { $0.envelope.key }
+        var taken: [UInt64: Taken] = [:]
+        var nextTag: UInt64 = 0
+        var tracks: [Int32: Track] = [:]
+        var epoch: UInt64 = 0
+        var unsettled = 0
+        var waiters = Deque<Waiter>()
+        var cancelled = Set<Int>()
+        var nextWaiter = 0
+        var subscriptions: [Int: Int] = [:]
+        var nextSubscription = 0
+        var joined = false
+        var joinWaiters: [UnsafeContinuation<CourierError?, Never>] = []
+        var closing = false
+        var closed = false
+        var closeWaiters: [UnsafeContinuation<Void, Never>] = []
+        var failure: CourierError?
+        var recommit = false
+        var pauseRequested = false
+
+        var limit: Int { subscriptions.values.reduce(0, +) }
+
+        mutating func serve() -> [(Waiter, Delivery)] {
+            var served: [(Waiter, Delivery)] = []
+            while !waiters.isEmpty, let pending = gate.next() {
+                let waiter = waiters.removeFirst()
+                served.append((waiter, hand(pending, to: waiter.subscription)))
+            }
+            return served
+        }
+
+        mutating func hand(_ pending: Pending, to subscription: KafkaSubscription) -> Delivery {
+            nextTag += 1
+            taken[nextTag] = Taken(pending: pending, subscription: subscription.id)
+            return Delivery(envelope: pending.envelope, attempt: pending.attempt, origin: subscription.origin, tag: nextTag, settler: subscription)
+        }
+    }
+
+    init(
+        origin: DeliveryOrigin,
+        topic: String,
+        groupID: String,
+        options: SubscriptionOptions,
+        startPosition: StartPosition,
+        deadLetterTopic: String,
+        configuration: KafkaTransport.Configuration,
+        producer: KafkaProducer,
+        onClosed: @escaping @Sendable (KafkaGroupMember) -> Void
+    ) throws(CourierError) {
+        self.origin = origin
+        self.topic = topic
+        self.groupID = groupID
+        self.options = options
+        self.startPosition = startPosition
+        self.commitInterval = configuration.commitInterval
+        self.timeout = configuration.operationTimeout
+        self.joinTimeout = configuration.joinTimeout
+        self.deadLetterTopic = deadLetterTopic
+        self.producer = producer
+        self.onClosed = onClosed
+        var properties = KafkaClient.properties(configuration.settings)
+        let reset = startPosition == .latest ? "latest" : "earliest"
+        properties.insert(contentsOf: [
+            ("group.id", groupID),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", reset),
+            ("enable.partition.eof", "false"),
+            ("partition.assignment.strategy", "range,roundrobin"),
+            ("allow.auto.create.topics", "false"),
+        ], at: properties.count - configuration.settings.properties.count)
+        let conf = try KafkaClient.configuration(properties)
+        rd_kafka_conf_set_rebalance_cb(conf) { rk, error, partitions, opaque in
+            guard let rk, let partitions, let opaque else { return }
+            let member = Unmanaged<KafkaGroupMember>.fromOpaque(opaque).takeUnretainedValue()
+            if error == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+                member.assigned(rk, partitions)
+            } else {
+                member.revoked(rk, partitions)
+            }
+        }
+        rd_kafka_conf_set_offset_commit_cb(conf) { _, error, _, opaque in
+            guard let opaque, error != RD_KAFKA_RESP_ERR_NO_ERROR, error != RD_KAFKA_RESP_ERR__NO_OFFSET else { return }
+            Unmanaged<KafkaGroupMember>.fromOpaque(opaque).takeUnretainedValue().state.withLock { $0.recommit = true }
+        }
+        // The handle lives no longer than the member: the thread holding `self` destroys it.
+        rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(self).toOpaque())
+        rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf)
+        rd_kafka_poll_set_consumer(rk)
+        queue = rd_kafka_queue_get_consumer(rk)
+        let subscription = PartitionList(capacity: 1)
+        subscription.add(topic, courier_rdk_partition_ua())
+        let error = rd_kafka_subscribe(rk, subscription.list)
+        if error != RD_KAFKA_RESP_ERR_NO_ERROR {
+            rd_kafka_queue_destroy(queue)
+            rd_kafka_destroy(rk)
+            throw KafkaClient.error(error, "subscribing to \(topic) as group \(groupID)")
+        }
+        let thread = Thread { [self] in run() }
+        thread.name = "courier.kafka.consumer"
+        thread.start()
+    }
+
+    // MARK: Subscriptions
+
+    /// Adds a subscription, waiting until the member has joined the group and has its first
+    /// assignment (so that whatever is published after this returns reaches the group).
+    func attach(prefetch: Int) async throws(CourierError) -> KafkaSubscription {
+        let id = try state.withLock { state throws(CourierError) -> Int in
+            guard !state.closing else { throw CourierError(.subscriptionClosed, "the consumer of \(origin) is closing; subscribe again") }
+            state.nextSubscription += 1
+            state.subscriptions[state.nextSubscription] = prefetch
+            return state.nextSubscription
+        }
+        let subscription = KafkaSubscription(member: self, id: id)
+        let failure = await withUnsafeContinuation { (continuation: UnsafeContinuation<CourierError?, Never>) in
+            let ready = state.withLock { state -> CourierError?? in
+                if state.joined { return .some(nil) }
+                if state.closed { return .some(state.failure ?? KafkaTransport.closedError) }
+                state.joinWaiters.append(continuation)
+                return .none
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+        if let failure {
+            await detach(subscription)
+            throw failure
+        }
+        return subscription
+    }
+
+    /// Removes a subscription: its unsettled deliveries go back to the front for the other
+    /// subscriptions; the last one closes the member (leaving the group).
+    func detach(_ subscription: KafkaSubscription) async {
+        let (ended, served, last) = state.withLock { state -> ([Waiter], [(Waiter, Delivery)], Bool) in
+            guard state.subscriptions.removeValue(forKey: subscription.id) != nil else { return ([], [], false) }
+            let returned = state.taken.filter { $0.value.subscription == subscription.id }.sorted { $0.key > $1.key }
+            for (tag, taken) in returned {
+                state.taken[tag] = nil
+                if taken.pending.epoch == state.epoch { state.gate.returnToFront(taken.pending) }
+            }
+            var ended: [Waiter] = []
+            state.waiters.removeAll { waiter in
+                guard waiter.subscription.id == subscription.id else { return false }
+                ended.append(waiter)
+                return true
+            }
+            let last = state.subscriptions.isEmpty
+            if last { state.closing = true }
+            return (ended, last ? [] : state.serve(), last)
+        }
+        for waiter in ended { waiter.continuation.resume(returning: nil) }
+        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        if last { await close() }
+    }
+
+    /// Leaves the group: commits what is settled, ends every waiter, and waits for the thread
+    /// to destroy the consumer. Idempotent.
+    func close() async {
+        let ended = state.withLock { state -> [Waiter] in
+            state.closing = true
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters)
+        }
+        for waiter in ended { waiter.continuation.resume(returning: nil) }
+        rd_kafka_queue_yield(queue)
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let done = state.withLock { state in
+                if !state.closed { state.closeWaiters.append(continuation) }
+                return state.closed
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    // MARK: Deliveries
+
+    func next(for subscription: KafkaSubscription) async throws -> Delivery? {
+        enum Fast { case delivery(Delivery), end, failure(CourierError), wait(Int) }
+        let fast: Fast = state.withLock { state in
+            guard state.subscriptions[subscription.id] != nil, !state.closing else { return state.failure.map { .failure($0) } ?? .end }
+            if let pending = state.gate.next() { return .delivery(state.hand(pending, to: subscription)) }
+            state.nextWaiter += 1
+            return .wait(state.nextWaiter)
+        }
+        let id: Int
+        switch fast {
+        case .delivery(let delivery): return delivery
+        case .end: return nil
+        case .failure(let error): throw error
+        case .wait(let waitID): id = waitID
+        }
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Delivery?, any Error>) in
+                let immediate: Result<Delivery?, any Error>? = state.withLock { state in
+                    if state.cancelled.remove(id) != nil { return .success(nil) }
+                    guard state.subscriptions[subscription.id] != nil, !state.closing else {
+                        return state.failure.map { .failure($0) } ?? .success(nil)
+                    }
+                    if let pending = state.gate.next() { return .success(state.hand(pending, to: subscription)) }
+                    state.waiters.append(Waiter(id: id, subscription: subscription, continuation: continuation))
+                    return nil
+                }
+                if let immediate { continuation.resume(with: immediate) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> Waiter? in
+                if let index = state.waiters.firstIndex(where: { $0.id == id }) { return state.waiters.remove(at: index) }
+                state.cancelled.insert(id)
+                return nil
+            }
+            waiter?.continuation.resume(returning: nil)
+        }
+    }
+
+    /// Takes `tag` out of the taken deliveries; `nil` when it belongs to a revoked assignment
+    /// (settling it is a no-op: the partition's new owner gets the message again).
+    private func take(_ tag: UInt64) throws(CourierError) -> Taken? {
+        try state.withLock { state throws(CourierError) -> Taken? in
+            guard let taken = state.taken.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
+            return taken.pending.epoch == state.epoch ? taken : nil
+        }
+    }
+
+    /// Marks `pending` settled: its offset may be committed, its key is free.
+    private func settled(_ pending: Pending) {
+        let (served, wake) = state.withLock { state -> ([(Waiter, Delivery)], Bool) in
+            guard pending.epoch == state.epoch else { return ([], false) }
+            state.tracks[pending.partition]?.settle(pending.offset)
+            state.gate.release(key: pending.envelope.key)
+            state.unsettled -= 1
+            let wake = state.pauseRequested && state.unsettled <= state.limit / 2
+            return (state.serve(), wake)
+        }
+        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        if wake { rd_kafka_queue_yield(queue) }
+    }
+
+    func ack(tag: UInt64) throws(CourierError) {
+        guard let taken = try take(tag) else { return }
+        settled(taken.pending)
+    }
+
+    func nack(tag: UInt64, delay: Duration) async throws {
+        guard let taken = try take(tag) else { return }
+        guard taken.pending.attempt < options.maxDeliveryAttempts else {
+            try await deadLetter(taken, tag: tag, reason: "delivery attempts exhausted: \(taken.pending.attempt) of \(options.maxDeliveryAttempts)")
+            return
+        }
+        var again = taken.pending
+        again.attempt += 1
+        // The key stays in flight until the redelivery, so no later message of it overtakes.
+        if delay > .zero {
+            Task { [self] in
+                try? await Task.sleep(for: delay)
+                redeliver(again)
+            }
+        } else {
+            redeliver(again)
+        }
+    }
+
+    private func redeliver(_ pending: Pending) {
+        let served = state.withLock { state -> [(Waiter, Delivery)] in
+            guard pending.epoch == state.epoch, !state.closing else { return [] }
+            state.gate.returnToFront(pending)
+            return state.serve()
+        }
+        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+    }
+
+    func deadLetter(tag: UInt64, reason: String) async throws {
+        guard let taken = try take(tag) else { return }
+        try await deadLetter(taken, tag: tag, reason: reason)
+    }
+
+    /// Publishes `pending` to the dead-letter topic, then settles it; if the dead-letter topic
+    /// refuses it, the delivery stays unsettled (it can be settled again) and the error is thrown.
+    private func deadLetter(_ taken: Taken, tag: UInt64, reason: String) async throws {
+        let pending = taken.pending
+        let letter = WireFormat.deadLetter(pending.envelope, reason: reason, origin: origin, attempts: pending.attempt)
+        do {
+            try await producer.ensureTopic(deadLetterTopic, timeout: timeout)
+            try await producer.produce([letter], to: deadLetterTopic)
+        } catch {
+            state.withLock { state in
+                if pending.epoch == state.epoch { state.taken[tag] = taken }
+            }
+            throw error
+        }
+        settled(pending)
+    }
+
+    // MARK: The member's thread
+
+    private func run() {
+        var messages = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: 1024)
+        while true {
+            let (closing, capacity, recommit) = state.withLock { state -> (Bool, Int, Bool) in
+                let limit = max(1, state.limit)
+                if state.unsettled >= limit { state.pauseRequested = true }
+                if state.unsettled <= limit / 2 { state.pauseRequested = false }
+                defer { state.recommit = false }
+                return (state.closing, state.pauseRequested ? 0 : limit - state.unsettled, state.recommit)
+            }
+            if closing { break }
+            if !joinedInTime() { break }
+            setPaused(capacity == 0)
+            if recommit || ContinuousClock.now - lastCommit >= commitInterval {
+                commit(async: true, force: recommit)
+            }
+            let count = messages.withUnsafeMutableBufferPointer { buffer in
+                rd_kafka_consume_batch_queue(queue, 100, buffer.baseAddress, max(1, min(capacity, buffer.count)))
+            }
+            if count > 0 { receive(messages[0..<count]) }
+        }
+        commit(async: false, force: true)
+        rd_kafka_consumer_close(rk)
+        rd_kafka_queue_destroy(queue)
+        rd_kafka_destroy(rk)
+        let (waiters, joiners) = state.withLock { state in
+            state.closed = true
+            state.tracks.removeAll()
+            state.taken.removeAll()
+            _ = state.gate.removeAll(forgetInFlight: true)
+            defer {
+                state.closeWaiters.removeAll()
+                state.joinWaiters.removeAll()
+            }
+            return (state.closeWaiters, state.joinWaiters)
+        }
+        onClosed(self)
+        for joiner in joiners { joiner.resume(returning: state.withLock { $0.failure } ?? KafkaTransport.closedError) }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// False once the member has waited longer than the join timeout for its first assignment.
+    private func joinedInTime() -> Bool {
+        if hasJoined { return true }
+        guard ContinuousClock.now - started > joinTimeout else { return true }
+        return state.withLock { state in
+            guard !state.joined else { return true }
+            state.failure = CourierError(
+                .timeout,
+                "joining consumer group \(groupID) for \(origin) took longer than \(joinTimeout); check that the group coordinator is reachable"
+            )
+            state.closing = true
+            return false
+        }
+    }
+
+    private func setPaused(_ pause: Bool) {
+        guard pause != paused else { return }
+        var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+        guard rd_kafka_assignment(rk, &assignment) == RD_KAFKA_RESP_ERR_NO_ERROR, let assignment else { return }
+        let list = PartitionList(taking: assignment)
+        if pause { rd_kafka_pause_partitions(rk, list.list) } else { rd_kafka_resume_partitions(rk, list.list) }
+        paused = pause
+    }
+
+    /// Converts a batch of polled messages and hands them to the subscriptions.
+    private func receive(_ batch: ArraySlice<UnsafeMutablePointer<rd_kafka_message_t>?>) {
+        var arrived: [(partition: Int32, offset: Int64, timestamp: Int64, pending: Pending?)] = []
+        arrived.reserveCapacity(batch.count)
+        for case let message? in batch {
+            defer { rd_kafka_message_destroy(message) }
+            let raw = message.pointee
+            // Consumer errors (a broker gone, a fetch failed) are transient: librdkafka retries.
+            guard raw.err == RD_KAFKA_RESP_ERR_NO_ERROR else { continue }
+            let (pending, timestamp) = Self.pending(message)
+            arrived.append((raw.partition, raw.offset, timestamp, pending))
+        }
+        let served = state.withLock { state -> [(Waiter, Delivery)] in
+            for item in arrived {
+                guard var track = state.tracks[item.partition], var pending = item.pending else { continue }
+                track.next = item.offset + 1
+                if let cut = track.skipBefore {
+                    if item.timestamp >= 0 && item.timestamp < cut {
+                        state.tracks[item.partition] = track
+                        continue
+                    }
+                    track.skipBefore = nil
+                }
+                track.inFlight.append((item.offset, false))
+                state.tracks[item.partition] = track
+                pending.epoch = state.epoch
+                state.unsettled += 1
+                state.gate.append(pending)
+            }
+            return state.serve()
+        }
+        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+    }
+
+    /// The envelope, attempt and position of a polled message.
+    private static func pending(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> (Pending, timestamp: Int64) {
+        let raw = message.pointee
+        var headers: [String: String] = [:]
+        var list: OpaquePointer?
+        if rd_kafka_message_headers(message, &list) == RD_KAFKA_RESP_ERR_NO_ERROR, let list {
+            var index = 0
+            var name: UnsafePointer<CChar>?
+            var value: UnsafeRawPointer?
+            var size = 0
+            while rd_kafka_header_get_all(list, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                if let name {
+                    headers[String(cString: name)] = value.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
+                }
+                index += 1
+            }
+        }
+        let payload = raw.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: raw.len)) } ?? []
+        let key = raw.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: raw.key_len), as: UTF8.self) }
+        var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+        let timestamp = rd_kafka_message_timestamp(message, &timestampType)
+        let (envelope, attempt) = WireFormat.envelope(
+            headers: headers,
+            payload: payload,
+            fallbackTime: timestamp >= 0 ? Date(timeIntervalSince1970: TimeInterval(timestamp) / 1000) : nil,
+            fallbackKey: key
+        )
+        return (Pending(envelope: envelope, attempt: attempt, partition: raw.partition, offset: raw.offset, epoch: 0), timestamp)
+    }
+
+    /// Commits the lowest unsettled offset of every partition that moved (all with `force`).
+    private func commit(async: Bool, force: Bool) {
+        lastCommit = ContinuousClock.now
+        let offsets = state.withLock { state -> [(Int32, Int64)] in
+            var offsets: [(Int32, Int64)] = []
+            for (partition, track) in state.tracks where force || track.commitOffset > track.committed {
+                offsets.append((partition, track.commitOffset))
+                state.tracks[partition]?.committed = track.commitOffset
+            }
+            return offsets
+        }
+        guard !offsets.isEmpty else { return }
+        let list = PartitionList(capacity: offsets.count)
+        for (partition, offset) in offsets where offset >= 0 { list.add(topic, partition, offset: offset) }
+        guard list.count > 0 else { return }
+        let error = rd_kafka_commit(rk, list.list, async ? 1 : 0)
+        if error != RD_KAFKA_RESP_ERR_NO_ERROR && error != RD_KAFKA_RESP_ERR__NO_OFFSET {
+            state.withLock { $0.recommit = true }
+        }
+    }
+
+    // MARK: Rebalance (on the member's thread, inside a poll)
+
+    private func assigned(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
+        let list = PartitionList(copying: partitions)
+        let milliseconds = KafkaClient.milliseconds(timeout)
+        let committedError = rd_kafka_committed(rk, list.list, milliseconds)
+        var starts: [Int32: (offset: Int64, skipBefore: Int64?)] = [:]
+        let unresolved = PartitionList()
+        for element in list.elements {
+            if committedError == RD_KAFKA_RESP_ERR_NO_ERROR && element.offset >= 0 {
+                starts[element.partition] = (element.offset, nil)
+            } else {
+                unresolved.add(topic, element.partition)
+            }
+        }
+        if unresolved.count > 0 {
+            for (partition, start) in resolveStart(rk, unresolved) { starts[partition] = start }
+            // Commit the starting offsets now: from here on the group exists, and what is
+            // published next is kept for it even if this member leaves before reading.
+            let commit = PartitionList(capacity: unresolved.count)
+            for element in unresolved.elements {
+                if let start = starts[element.partition], start.offset >= 0 { commit.add(topic, element.partition, offset: start.offset) }
+            }
+            if commit.count > 0 { _ = rd_kafka_commit(rk, commit.list, 0) }
+        }
+        for index in 0..<list.count {
+            list.elements[index].offset = starts[list.elements[index].partition]?.offset ?? courier_rdk_offset_invalid()
+        }
+        rd_kafka_assign(rk, list.list)
+        paused = false
+        hasJoined = true
+        let joiners = state.withLock { state -> [UnsafeContinuation<CourierError?, Never>] in
+            state.epoch += 1
+            state.pauseRequested = false
+            state.tracks = [:]
+            for (partition, start) in starts {
+                state.tracks[partition] = Track(next: start.offset, committed: start.offset, skipBefore: start.skipBefore)
+            }
+            state.joined = true
+            defer { state.joinWaiters.removeAll() }
+            return state.joinWaiters
+        }
+        for joiner in joiners { joiner.resume(returning: nil) }
+    }
+
+    /// Start offsets for partitions the group has never committed, from the start position.
+    private func resolveStart(_ rk: OpaquePointer, _ partitions: PartitionList) -> [Int32: (offset: Int64, skipBefore: Int64?)] {
+        let milliseconds = KafkaClient.milliseconds(timeout)
+        var starts: [Int32: (offset: Int64, skipBefore: Int64?)] = [:]
+        var watermarks: [Int32: (low: Int64, high: Int64)] = [:]
+        for element in partitions.elements {
+            var low: Int64 = 0
+            var high: Int64 = 0
+            if rd_kafka_query_watermark_offsets(rk, topic, element.partition, &low, &high, milliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                watermarks[element.partition] = (low, high)
+            }
+        }
+        switch startPosition {
+        case .latest:
+            for (partition, marks) in watermarks { starts[partition] = (marks.high, nil) }
+        case .earliest:
+            for (partition, marks) in watermarks { starts[partition] = (marks.low, nil) }
+        case .timestamp(let date):
+            let cut = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+            let query = PartitionList(capacity: partitions.count)
+            for element in partitions.elements { query.add(topic, element.partition, offset: cut) }
+            let error = rd_kafka_offsets_for_times(rk, query.list, milliseconds)
+            for element in query.elements {
+                guard let marks = watermarks[element.partition] else { continue }
+                if error == RD_KAFKA_RESP_ERR_NO_ERROR && element.err == RD_KAFKA_RESP_ERR_NO_ERROR && element.offset >= 0 {
+                    starts[element.partition] = (element.offset, nil)
+                } else if marks.high > marks.low {
+                    // The broker found no message at or after the time, or cannot look it up
+                    // (the mock cluster): read from the start and skip the older ones.
+                    starts[element.partition] = (marks.low, cut)
+                } else {
+                    starts[element.partition] = (marks.high, nil)
+                }
+            }
+        }
+        return starts
+    }
+
+    private func revoked(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
+        commit(async: false, force: true)
+        state.withLock { state in
+            state.epoch += 1
+            state.tracks.removeAll()
+            state.unsettled = 0
+            state.pauseRequested = false
+            _ = state.gate.removeAll(forgetInFlight: true)
+        }
+        rd_kafka_assign(rk, nil)
+        paused = false
+    }
+}
+
+/// One ``Subscription`` of a ``KafkaGroupMember``.
+final class KafkaSubscription: DeliverySource, DeliverySettler {
+    let member: KafkaGroupMember
+    let id: Int
+
+    init(member: KafkaGroupMember, id: Int) {
+        self.member = member
+        self.id = id
+    }
+
+    var origin: DeliveryOrigin { member.origin }
+
+    func next() async throws -> Delivery? { try await member.next(for: self) }
+    func close() async { await member.detach(self) }
+    func ack(tag: UInt64) async throws { try member.ack(tag: tag) }
+    func nack(tag: UInt64, delay: Duration) async throws { try await member.nack(tag: tag, delay: delay) }
+    func deadLetter(tag: UInt64, reason: String) async throws { try await member.deadLetter(tag: tag, reason: reason) }
+}

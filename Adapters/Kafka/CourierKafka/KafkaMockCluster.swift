@@ -1,0 +1,124 @@
+import Courier
+import Crdkafka
+import Foundation
+
+/// A Kafka-protocol broker in this process, for tests: librdkafka's mock cluster
+/// (`rdkafka_mock.h`), listening on loopback, with fault injection.
+///
+/// ```swift
+/// let cluster = try KafkaMockCluster(brokers: 3)
+/// let transport = try await KafkaTransport.connect(cluster.url)
+/// cluster.setBroker(1, up: false)   // a broker goes away …
+/// ```
+///
+/// The mock keeps messages in memory, about 5 MiB per partition (older ones are dropped
+/// silently), creates unknown topics with 4 partitions on first use, and has no Admin API,
+/// so ``url`` says `create_topics=auto`. Its group coordinator waits one session timeout for
+/// members to rejoin a rebalance, and an empty fetch waits the whole `fetch.wait.max.ms` even
+/// when messages arrive meanwhile, so ``url`` also lowers `session.timeout.ms` and
+/// `fetch.wait.max.ms`.
+public final class KafkaMockCluster: @unchecked Sendable {
+    /// A Kafka protocol request type, for ``failRequests(_:with:count:)``.
+    public struct API: RawRepresentable, Sendable, Hashable {
+        public let rawValue: Int16
+        public init(rawValue: Int16) { self.rawValue = rawValue }
+        public static let produce = API(rawValue: 0)
+        public static let fetch = API(rawValue: 1)
+        public static let listOffsets = API(rawValue: 2)
+        public static let metadata = API(rawValue: 3)
+        public static let offsetCommit = API(rawValue: 8)
+        public static let offsetFetch = API(rawValue: 9)
+        public static let findCoordinator = API(rawValue: 10)
+        public static let joinGroup = API(rawValue: 11)
+        public static let heartbeat = API(rawValue: 12)
+        public static let syncGroup = API(rawValue: 14)
+    }
+
+    /// A Kafka protocol error code, for injected failures.
+    public struct ErrorCode: RawRepresentable, Sendable, Hashable {
+        public let rawValue: Int32
+        public init(rawValue: Int32) { self.rawValue = rawValue }
+        public static let unknownTopicOrPartition = ErrorCode(rawValue: 3)
+        public static let notLeaderForPartition = ErrorCode(rawValue: 6)
+        public static let requestTimedOut = ErrorCode(rawValue: 7)
+        public static let notEnoughReplicas = ErrorCode(rawValue: 19)
+        public static let coordinatorNotAvailable = ErrorCode(rawValue: 15)
+        public static let notCoordinator = ErrorCode(rawValue: 16)
+        public static let rebalanceInProgress = ErrorCode(rawValue: 27)
+    }
+
+    /// `host:port` of every broker, comma-separated.
+    public let bootstrapServers: String
+    /// Broker ids are 1 through this.
+    public let brokerCount: Int
+    private let host: OpaquePointer
+    private let cluster: OpaquePointer
+
+    /// Starts a cluster of `brokers` brokers on loopback.
+    public init(brokers: Int = 1) throws(CourierError) {
+        let conf = try KafkaClient.configuration([("log_level", "3")])
+        host = try KafkaClient.handle(RD_KAFKA_PRODUCER, conf)
+        guard let cluster = rd_kafka_mock_cluster_new(host, Int32(brokers)) else {
+            rd_kafka_destroy(host)
+            throw CourierError(.unreachable, "librdkafka could not start a mock cluster of \(brokers) brokers")
+        }
+        self.cluster = cluster
+        brokerCount = brokers
+        bootstrapServers = String(cString: rd_kafka_mock_cluster_bootstraps(cluster))
+    }
+
+    deinit {
+        rd_kafka_mock_cluster_destroy(cluster)
+        rd_kafka_destroy(host)
+    }
+
+    /// A `kafka://` URL for this cluster: topics created on first use, short group sessions.
+    /// `options` are appended (`"rdkafka.linger.ms=1"`).
+    public func url(_ options: String...) -> String {
+        let base = ["create_topics=auto", "rdkafka.session.timeout.ms=6000", "rdkafka.heartbeat.interval.ms=500", "rdkafka.fetch.wait.max.ms=100"]
+        return "kafka://\(bootstrapServers)?" + (base + options).joined(separator: "&")
+    }
+
+    /// The URL with the defaults of ``url(_:)``.
+    public var url: String { url() }
+
+    /// Creates `topic` with `partitions` partitions.
+    public func createTopic(_ topic: String, partitions: Int, replicationFactor: Int = 1) throws(CourierError) {
+        let error = rd_kafka_mock_topic_create(cluster, topic, Int32(partitions), Int32(replicationFactor))
+        if error != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaClient.error(error, "creating mock topic \(topic)") }
+    }
+
+    /// Takes broker `id` down (its connections close, it accepts none) or brings it back.
+    public func setBroker(_ id: Int, up: Bool) {
+        if up { _ = rd_kafka_mock_broker_set_up(cluster, Int32(id)) } else { _ = rd_kafka_mock_broker_set_down(cluster, Int32(id)) }
+    }
+
+    /// Takes every broker down or brings every broker back.
+    public func setAllBrokers(up: Bool) {
+        for id in 1...brokerCount { setBroker(id, up: up) }
+    }
+
+    /// Makes broker `id` answer every request after `rtt` more.
+    public func setRoundTripTime(broker id: Int, _ rtt: Duration) {
+        _ = rd_kafka_mock_broker_set_rtt(cluster, Int32(id), KafkaClient.milliseconds(rtt))
+    }
+
+    /// Makes the next `count` requests of type `api`, to any broker, fail with `error`.
+    public func failRequests(_ api: API, with error: ErrorCode, count: Int = 1) {
+        var errors = [rd_kafka_resp_err_t](repeating: rd_kafka_resp_err_t(rawValue: error.rawValue), count: count)
+        rd_kafka_mock_push_request_errors_array(cluster, api.rawValue, count, &errors)
+    }
+
+    /// Makes metadata for `topic` report `error` (`nil` clears it).
+    public func setTopicError(_ topic: String, _ error: ErrorCode?) {
+        rd_kafka_mock_topic_set_error(cluster, topic, rd_kafka_resp_err_t(rawValue: error?.rawValue ?? 0))
+    }
+
+    /// Removes every injected request error.
+    public func clearRequestErrors() {
+        rd_kafka_mock_clear_request_errors(cluster, API.produce.rawValue)
+        for api in [API.fetch, .listOffsets, .metadata, .offsetCommit, .offsetFetch, .findCoordinator, .joinGroup, .heartbeat, .syncGroup] {
+            rd_kafka_mock_clear_request_errors(cluster, api.rawValue)
+        }
+    }
+}

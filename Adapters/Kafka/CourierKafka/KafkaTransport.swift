@@ -1,0 +1,321 @@
+import Courier
+import Crdkafka
+import Foundation
+import Synchronization
+
+/// Names Courier gives Kafka consumer groups and dead-letter topics.
+///
+/// Topics and queues keep their names as Kafka topics. A subscription group `g` on topic `t`
+/// is the consumer group `t.g` (a Courier group belongs to one topic; Kafka's group ids are
+/// cluster-wide); a queue `q` is read by the consumer group `q`. Dead letters go to the topic
+/// ``DeliveryOrigin/defaultDeadLetterQueue`` names: `t.g.dead-letter` or `q.dead-letter`.
+public struct KafkaTopology: Sendable {
+    /// The consumer group id of subscription group `group` on `topic`.
+    public var groupID: @Sendable (_ topic: String, _ group: String) -> String = { "\($0).\($1)" }
+    /// The consumer group id shared by every consumer of `queue`.
+    public var queueGroupID: @Sendable (_ queue: String) -> String = { $0 }
+    /// The topic that receives dead letters from `origin`.
+    public var deadLetterTopic: @Sendable (_ origin: DeliveryOrigin) -> String = { $0.defaultDeadLetterQueue }
+
+    /// The documented defaults.
+    public init() {}
+}
+
+/// A ``Transport`` over Apache Kafka, through librdkafka.
+///
+/// Topics are Kafka topics; a subscription group is a consumer group; a command queue is a
+/// topic read by one consumer group shared by all its consumers. Keys choose partitions, so
+/// per-key order holds. Publishing uses an idempotent producer with `acks=all` and returns
+/// when every delivery report is in. `ack` marks an offset; the highest contiguous acked
+/// offset per partition is committed periodically, on rebalance and on shutdown. `nack`
+/// redelivers the message in order after its delay; exhausted or dead-lettered messages go
+/// to the dead-letter topic. New groups start at ``StartPosition/latest``, `earliest` or a
+/// time, and groups can be rewound.
+///
+/// ```swift
+/// let transport = try await KafkaTransport.connect("kafka://localhost:9092")
+/// try await transport.publish(Envelope(payload: Array("hello".utf8)), to: "greetings")
+/// ```
+///
+/// librdkafka is driven by threads the transport owns (one for the producer, one per
+/// consumer group member); nothing blocks Swift's cooperative pool.
+public final class KafkaTransport: Transport {
+    /// Everything a ``KafkaTransport`` is made of.
+    public struct Configuration: Sendable {
+        /// Servers, security, topic creation and pass-through librdkafka properties.
+        public var settings: KafkaSettings
+        /// Consumer group and dead-letter topic names.
+        public var topology = KafkaTopology()
+        /// How often acked offsets are committed. Default 200 ms.
+        public var commitInterval: Duration = .milliseconds(200)
+        /// Limit for one broker operation: connecting, metadata, topic creation, offset
+        /// lookups. Default 10 s.
+        public var operationTimeout: Duration = .seconds(10)
+        /// Limit for joining a consumer group. Default 60 s.
+        public var joinTimeout: Duration = .seconds(60)
+        /// How long ``KafkaTransport/shutdown()`` waits for messages still in flight. Default 10 s.
+        public var shutdownTimeout: Duration = .seconds(10)
+        /// The largest payload accepted. Default 983,040 bytes: librdkafka's default
+        /// `message.max.bytes` (1,000,000) less room for headers.
+        public var maxPayloadSize = 983_040
+
+        /// A configuration for `settings`, with the documented defaults.
+        public init(settings: KafkaSettings) {
+            self.settings = settings
+        }
+
+        /// A configuration from a `kafka://` URL.
+        public init(url: String) throws(CourierError) {
+            guard case .kafka(let settings) = try TransportURL(url) else {
+                throw CourierError(.invalidURL, "\(TransportURL.redacted(url)) is not a kafka:// URL")
+            }
+            self.init(settings: settings)
+        }
+    }
+
+    /// The librdkafka version linked into this program. Courier is tested with 2.0.2.
+    public static var librdkafkaVersion: String { String(cString: rd_kafka_version_str()) }
+
+    public let configuration: Configuration
+    public let capabilities: TransportCapabilities
+    let producer: KafkaProducer
+    private let state = Mutex<(closed: Bool, members: [DeliveryOrigin: KafkaGroupMember])>((false, [:]))
+
+    static let closedError = CourierError(.transportClosed, "the Kafka transport was shut down; create a new transport to continue")
+
+    private init(configuration: Configuration, producer: KafkaProducer) {
+        self.configuration = configuration
+        self.producer = producer
+        capabilities = TransportCapabilities(
+            system: "kafka",
+            ordering: .perKey,
+            survivesBrokerRestart: true,
+            replay: true,
+            nativeDelayedRedelivery: false,
+            maxPayloadSize: configuration.maxPayloadSize
+        )
+    }
+
+    /// Connects to the cluster a `kafka://` URL names.
+    public static func connect(_ url: String) async throws -> KafkaTransport {
+        try await connect(Configuration(url: url))
+    }
+
+    /// Connects to a cluster: creates the producer and checks that a bootstrap server
+    /// answers within ``Configuration/operationTimeout``.
+    public static func connect(_ configuration: Configuration) async throws -> KafkaTransport {
+        let producer = try KafkaProducer(settings: configuration.settings)
+        let rk = SendableHandle(raw: producer.rk)
+        let timeout = configuration.operationTimeout
+        do {
+            try await KafkaClient.offload("connect") { () throws(CourierError) in
+                var metadata: UnsafePointer<rd_kafka_metadata>?
+                let error = rd_kafka_metadata(rk.raw, 0, nil, &metadata, KafkaClient.milliseconds(timeout))
+                if let metadata { rd_kafka_metadata_destroy(metadata) }
+                guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                    let servers = configuration.settings.description
+                    if error == RD_KAFKA_RESP_ERR__TIMED_OUT || error == RD_KAFKA_RESP_ERR__TRANSPORT || error == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN {
+                        throw CourierError(
+                            .unreachable,
+                            "no Kafka bootstrap server of \(servers) answered within \(timeout) (\(KafkaClient.describe(error))); check the addresses and that the brokers are up"
+                        )
+                    }
+                    throw KafkaClient.error(error, "connecting to \(servers)")
+                }
+            }
+        } catch {
+            await producer.close(timeout: .zero)
+            throw error
+        }
+        return KafkaTransport(configuration: configuration, producer: producer)
+    }
+
+    private func checkOpen(_ what: @autoclosure () -> String) throws(CourierError) {
+        if state.withLock({ $0.closed }) {
+            throw CourierError(.transportClosed, "\(what()): the Kafka transport was shut down; create a new transport to continue")
+        }
+    }
+
+    private func check(_ envelopes: [Envelope], to name: String, as kind: DestinationName.Kind) throws(CourierError) {
+        try checkOpen("\(kind == .queue ? "sending to" : "publishing to") \(name)")
+        try DestinationName.validate(name, as: kind)
+        for envelope in envelopes { try capabilities.check(envelope) }
+    }
+
+    public func publish(_ envelopes: [Envelope], to topic: String) async throws {
+        try check(envelopes, to: topic, as: .topic)
+        try await producer.ensureTopic(topic, timeout: configuration.operationTimeout)
+        try await producer.produce(envelopes, to: topic)
+    }
+
+    public func send(_ envelopes: [Envelope], to queue: String) async throws {
+        try check(envelopes, to: queue, as: .queue)
+        try await producer.ensureTopic(queue, timeout: configuration.operationTimeout)
+        try await producer.produce(envelopes, to: queue)
+    }
+
+    public func subscribe(to topic: String, group: String, options: SubscriptionOptions) async throws -> Subscription {
+        try DestinationName.validate(topic, as: .topic)
+        try DestinationName.validate(group, as: .group)
+        try capabilities.check(options)
+        let origin = DeliveryOrigin.topic(topic, group: group)
+        return try await attach(origin: origin, groupID: configuration.topology.groupID(topic, group), start: options.startPosition, options: options)
+    }
+
+    public func consume(queue: String, options: SubscriptionOptions) async throws -> Subscription {
+        try DestinationName.validate(queue, as: .queue)
+        try capabilities.check(options)
+        // A queue keeps commands sent before its first consumer: it starts at the beginning.
+        return try await attach(origin: .queue(queue), groupID: configuration.topology.queueGroupID(queue), start: .earliest, options: options)
+    }
+
+    private func attach(origin: DeliveryOrigin, groupID: String, start: StartPosition, options: SubscriptionOptions) async throws -> Subscription {
+        try checkOpen("subscribing to \(origin)")
+        try await producer.ensureTopic(origin.destination, timeout: configuration.operationTimeout)
+        while true {
+            let member = try member(for: origin, groupID: groupID, start: start, options: options)
+            let attached: Result<KafkaSubscription, CourierError>
+            do { attached = .success(try await member.attach(prefetch: options.prefetch)) } catch { attached = .failure(error) }
+            switch attached {
+            case .success(let source):
+                return Subscription(origin: origin, source: source)
+            case .failure(let error) where error.code == .subscriptionClosed:
+                // The member was leaving the group as we came: forget it and join afresh.
+                state.withLock { state in
+                    if state.members[origin] === member { state.members[origin] = nil }
+                }
+            case .failure(let error):
+                throw error
+            }
+        }
+    }
+
+    /// This transport's member of the group behind `origin`, created on first use.
+    private func member(for origin: DeliveryOrigin, groupID: String, start: StartPosition, options: SubscriptionOptions) throws(CourierError) -> KafkaGroupMember {
+        try state.withLock { state throws(CourierError) -> KafkaGroupMember in
+            guard !state.closed else { throw Self.closedError }
+            if let member = state.members[origin] { return member }
+            let member = try KafkaGroupMember(
+                origin: origin,
+                topic: origin.destination,
+                groupID: groupID,
+                options: options,
+                startPosition: start,
+                deadLetterTopic: configuration.topology.deadLetterTopic(origin),
+                configuration: configuration,
+                producer: producer
+            ) { [weak self] member in
+                self?.state.withLock { state in
+                    if state.members[member.origin] === member { state.members[member.origin] = nil }
+                }
+            }
+            state.members[origin] = member
+            return member
+        }
+    }
+
+    public func rewind(topic: String, group: String, to position: StartPosition) async throws {
+        try DestinationName.validate(topic, as: .topic)
+        try DestinationName.validate(group, as: .group)
+        try checkOpen("rewinding group \(group) on \(topic)")
+        let origin = DeliveryOrigin.topic(topic, group: group)
+        if state.withLock({ $0.members[origin] != nil }) {
+            throw CourierError(
+                .unsupportedCapability,
+                "group \(group) on \(topic) has open subscriptions in this process; close them before rewinding (Kafka lets only an empty group move its offsets)"
+            )
+        }
+        try await producer.ensureTopic(topic, timeout: configuration.operationTimeout)
+        try await KafkaRewind.commit(
+            configuration: configuration,
+            topic: topic,
+            groupID: configuration.topology.groupID(topic, group),
+            position: position,
+            description: "group \(group) on \(topic)"
+        )
+    }
+
+    public func deadLetterQueue(for origin: DeliveryOrigin) -> String {
+        configuration.topology.deadLetterTopic(origin)
+    }
+
+    public func shutdown() async throws {
+        let members = state.withLock { state -> [KafkaGroupMember]? in
+            guard !state.closed else { return nil }
+            state.closed = true
+            return Array(state.members.values)
+        }
+        guard let members else { return }
+        await withTaskGroup(of: Void.self) { group in
+            for member in members { group.addTask { await member.close() } }
+        }
+        await producer.close(timeout: configuration.shutdownTimeout)
+    }
+}
+
+/// Moving an idle group's committed offsets (``KafkaTransport/rewind(topic:group:to:)``): a
+/// short-lived member joins the group, checks that it was given every partition (nobody else
+/// is reading), commits the new offsets as a member, and leaves.
+enum KafkaRewind {
+    static func commit(configuration: KafkaTransport.Configuration, topic: String, groupID: String, position: StartPosition, description: String) async throws {
+        var properties = KafkaClient.properties(configuration.settings)
+        properties.insert(contentsOf: [("group.id", groupID), ("enable.auto.commit", "false")], at: properties.count - configuration.settings.properties.count)
+        let conf = SendableHandle(raw: try KafkaClient.configuration(properties))
+        let timeout = configuration.operationTimeout
+        let joinTimeout = configuration.joinTimeout
+        try await KafkaClient.offload("rewind") { () throws(CourierError) in
+            let rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf.raw)
+            defer { rd_kafka_destroy(rk) }
+            rd_kafka_poll_set_consumer(rk)
+            defer { rd_kafka_consumer_close(rk) }
+            let milliseconds = KafkaClient.milliseconds(timeout)
+            let (partitions, error) = KafkaProducer.partitionCount(rk, nil, topic, timeout: timeout)
+            guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(error, "rewinding \(description)") }
+            let subscription = PartitionList(capacity: 1)
+            subscription.add(topic, courier_rdk_partition_ua())
+            rd_kafka_subscribe(rk, subscription.list)
+            let deadline = ContinuousClock.now + joinTimeout
+            var assigned = 0
+            while assigned == 0 {
+                guard ContinuousClock.now < deadline else {
+                    throw CourierError(.timeout, "rewinding \(description): joining the group took longer than \(joinTimeout)")
+                }
+                if let message = rd_kafka_consumer_poll(rk, 100) { rd_kafka_message_destroy(message) }
+                var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+                if rd_kafka_assignment(rk, &assignment) == RD_KAFKA_RESP_ERR_NO_ERROR, let assignment {
+                    assigned = PartitionList(taking: assignment).count
+                }
+            }
+            guard assigned == partitions else {
+                throw CourierError(
+                    .brokerRejected,
+                    "rewinding \(description): other consumers hold \(partitions - assigned) of its \(partitions) partitions; stop every consumer of the group, then rewind"
+                )
+            }
+            let list = PartitionList(capacity: partitions)
+            for partition in 0..<Int32(partitions) {
+                var low: Int64 = 0
+                var high: Int64 = 0
+                let error = rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high, milliseconds)
+                guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(error, "rewinding \(description)") }
+                switch position {
+                case .earliest: list.add(topic, partition, offset: low)
+                case .latest: list.add(topic, partition, offset: high)
+                case .timestamp(let date):
+                    let cut = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+                    let query = PartitionList(capacity: 1)
+                    query.add(topic, partition, offset: cut)
+                    let found = rd_kafka_offsets_for_times(rk, query.list, milliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR
+                        && query.elements[0].err == RD_KAFKA_RESP_ERR_NO_ERROR
+                    guard found else {
+                        throw CourierError(.brokerRejected, "rewinding \(description) to \(date): the broker could not look the time up in partition \(partition)")
+                    }
+                    // No message at or after the time: the partition's end.
+                    list.add(topic, partition, offset: query.elements[0].offset >= 0 ? query.elements[0].offset : high)
+                }
+            }
+            let committed = rd_kafka_commit(rk, list.list, 0)
+            guard committed == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(committed, "rewinding \(description)") }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+import Courier
+import CourierConformance
+import CourierKafka
+import Testing
+
+/// Every test that talks to the Kafka cluster, one at a time: fault injection (brokers down,
+/// request errors) would disturb anything running beside it.
+@Suite("Kafka", .serialized)
+enum KafkaIntegration {}
+
+extension KafkaIntegration {
+/// The whole conformance suite, full counts, on librdkafka's mock cluster (or the real
+/// cluster `COURIER_KAFKA_BROKERS` names).
+@Suite("Conformance: KafkaTransport")
+struct KafkaConformanceTests {
+    static let suite: ConformanceSuite = {
+        var configuration = ConformanceConfiguration()
+        configuration.idleTimeout = .seconds(15)
+        configuration.restartBroker = KafkaBroker.restart
+        return ConformanceSuite(configuration: configuration) { try await KafkaBroker.connect() }
+    }()
+
+    @Test("scenario", arguments: ConformanceScenario.allCases)
+    func scenario(_ scenario: ConformanceScenario) async throws {
+        let (line, failure) = try await Self.suite.outcome(of: scenario)
+        print("[conformance kafka] \(line)")
+        if let failure { Issue.record("\(failure)") }
+    }
+
+    @Test("scenarios skipped for a missing capability")
+    func skippedScenarios() async throws {
+        if let skipped = try await Self.suite.skippedSummary() { try Test.cancel(Comment(rawValue: skipped)) }
+    }
+}
+}
