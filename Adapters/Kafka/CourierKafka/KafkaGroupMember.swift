@@ -544,7 +544,11 @@ final class KafkaGroupMember: @unchecked Sendable {
         var starts: [Int32: (offset: Int64, skipBefore: Int64?)] = [:]
         let unresolved = PartitionList()
         for element in list.elements {
-            if committedError == RD_KAFKA_RESP_ERR_NO_ERROR && element.offset >= 0 {
+            if committedError != RD_KAFKA_RESP_ERR_NO_ERROR || element.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                // Unknown (the coordinator is busy): let librdkafka fetch the committed offset
+                // itself. Never guess a start here: that would overwrite the group's offsets.
+                starts[element.partition] = (courier_rdk_offset_invalid(), nil)
+            } else if element.offset >= 0 {
                 starts[element.partition] = (element.offset, nil)
             } else {
                 unresolved.add(topic, element.partition)
