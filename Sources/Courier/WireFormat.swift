@@ -14,13 +14,63 @@ public enum WireFormat {
 
     /// The headers to send for `envelope` at delivery attempt `attempt`.
     public static func headers(for envelope: Envelope, attempt: Int) -> [String: String] {
-        var headers = envelope.headers
-        headers[CourierHeader.id] = envelope.id
-        headers[CourierHeader.time] = RFC3339.string(from: envelope.timestamp)
-        headers[CourierHeader.specVersion] = CourierHeader.specVersionValue
-        headers[CourierHeader.partitionKey] = envelope.key
-        if attempt > 1 { headers[CourierHeader.attempt] = String(attempt) }
+        var headers: [String: String] = [:]
+        headers.reserveCapacity(envelope.headers.count + 5)
+        forEachHeader(of: envelope, attempt: attempt) { headers[$0] = $1 }
         return headers
+    }
+
+    /// Calls `body` with each header to send for `envelope` at delivery attempt `attempt`, in
+    /// no particular order, without building a dictionary (for adapters' hot paths).
+    public static func forEachHeader(of envelope: Envelope, attempt: Int, _ body: (String, String) -> Void) {
+        for (name, value) in envelope.headers where !transportHeaders.contains(name) { body(name, value) }
+        body(CourierHeader.id, envelope.id)
+        body(CourierHeader.time, RFC3339.string(from: envelope.timestamp))
+        body(CourierHeader.specVersion, CourierHeader.specVersionValue)
+        if let key = envelope.key { body(CourierHeader.partitionKey, key) }
+        if attempt > 1 { body(CourierHeader.attempt, String(attempt)) }
+    }
+
+    /// Received headers, added one at a time as an adapter reads them, and turned into an
+    /// envelope without an intermediate dictionary of every header.
+    public struct Received: Sendable {
+        private var headers: [String: String] = [:]
+        private var id: String?
+        private var time: String?
+        private var key: String?
+        private var attempt: String?
+
+        /// No headers yet.
+        public init() {}
+
+        /// Adds one received header.
+        public mutating func add(_ name: String, _ value: String) {
+            switch name {
+            case CourierHeader.id: id = value
+            case CourierHeader.time: time = value
+            case CourierHeader.partitionKey: key = value
+            case CourierHeader.attempt: attempt = value
+            case CourierHeader.specVersion: break
+            default: headers[name] = value
+            }
+        }
+
+        /// The envelope and attempt, with the fallbacks of
+        /// ``WireFormat/envelope(headers:payload:fallbackID:fallbackTime:fallbackKey:ignoring:)``.
+        public func envelope(
+            payload: [UInt8],
+            fallbackID: String? = nil,
+            fallbackTime: Date? = nil,
+            fallbackKey: String? = nil,
+            ignoring: Set<String> = []
+        ) -> (envelope: Envelope, attempt: Int) {
+            var headers = headers
+            for name in ignoring { headers.removeValue(forKey: name) }
+            let id = id ?? fallbackID ?? MessageID.random()
+            let time = time.flatMap(RFC3339.date(from:)) ?? fallbackTime ?? Date()
+            let attempt = attempt.flatMap { Int($0) }.map { max(1, $0) } ?? 1
+            return (Envelope(id: id, payload: payload, headers: headers, key: key ?? fallbackKey, timestamp: time), attempt)
+        }
     }
 
     /// The envelope and attempt carried by received `headers` and `payload`. Messages from
@@ -34,14 +84,9 @@ public enum WireFormat {
         fallbackKey: String? = nil,
         ignoring: Set<String> = []
     ) -> (envelope: Envelope, attempt: Int) {
-        var headers = received
-        for name in transportHeaders { headers.removeValue(forKey: name) }
-        for name in ignoring { headers.removeValue(forKey: name) }
-        let id = received[CourierHeader.id] ?? fallbackID ?? MessageID.random()
-        let time = received[CourierHeader.time].flatMap(RFC3339.date(from:)) ?? fallbackTime ?? Date()
-        let attempt = received[CourierHeader.attempt].flatMap { Int($0) }.map { max(1, $0) } ?? 1
-        let envelope = Envelope(id: id, payload: payload, headers: headers, key: received[CourierHeader.partitionKey] ?? fallbackKey, timestamp: time)
-        return (envelope, attempt)
+        var decoded = Received()
+        for (name, value) in received { decoded.add(name, value) }
+        return decoded.envelope(payload: payload, fallbackID: fallbackID, fallbackTime: fallbackTime, fallbackKey: fallbackKey, ignoring: ignoring)
     }
 
     /// `envelope` as a dead letter: the same id and payload, with reason, origin, attempts and

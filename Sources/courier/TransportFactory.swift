@@ -1,4 +1,5 @@
 import Courier
+import CourierKafka
 import CourierRabbitMQ
 import Foundation
 
@@ -11,10 +12,7 @@ enum TransportFactory {
         case .amqp(let settings):
             return try await RabbitMQTransport.connect(.init(settings: settings))
         case .kafka(let settings):
-            throw CourierError(
-                .unsupportedTransport,
-                "\(settings) names Kafka, and this build of courier does not link the CourierKafka adapter; use memory:// or a build that includes it"
-            )
+            return try await KafkaTransport.connect(.init(settings: settings))
         }
     }
 }

@@ -40,6 +40,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     private var lastCommit = ContinuousClock.now
     private let started = ContinuousClock.now
     private var hasJoined = false
+    private var arrived: [(partition: Int32, offset: Int64, timestamp: Int64, pending: Pending?)] = []
     private let joinTimeout: Duration
 
     private let state = Mutex(State())
@@ -452,8 +453,14 @@ final class KafkaGroupMember: @unchecked Sendable {
 
     /// Converts a batch of polled messages and hands them to the subscriptions.
     private func receive(_ batch: ArraySlice<UnsafeMutablePointer<rd_kafka_message_t>?>) {
-        var arrived: [(partition: Int32, offset: Int64, timestamp: Int64, pending: Pending?)] = []
-        arrived.reserveCapacity(batch.count)
+        // A buffer kept across batches: freeing a large one each time costs glibc a heap
+        // consolidation.
+        var arrived = self.arrived
+        self.arrived = []
+        defer {
+            arrived.removeAll(keepingCapacity: true)
+            self.arrived = arrived
+        }
         for case let message? in batch {
             defer { rd_kafka_message_destroy(message) }
             let raw = message.pointee
@@ -487,7 +494,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     /// The envelope, attempt and position of a polled message.
     private static func pending(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> (Pending, timestamp: Int64) {
         let raw = message.pointee
-        var headers: [String: String] = [:]
+        var received = WireFormat.Received()
         var list: OpaquePointer?
         if rd_kafka_message_headers(message, &list) == RD_KAFKA_RESP_ERR_NO_ERROR, let list {
             var index = 0
@@ -496,7 +503,7 @@ final class KafkaGroupMember: @unchecked Sendable {
             var size = 0
             while rd_kafka_header_get_all(list, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
                 if let name {
-                    headers[String(cString: name)] = value.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
+                    received.add(String(cString: name), value.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? "")
                 }
                 index += 1
             }
@@ -505,8 +512,7 @@ final class KafkaGroupMember: @unchecked Sendable {
         let key = raw.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: raw.key_len), as: UTF8.self) }
         var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let timestamp = rd_kafka_message_timestamp(message, &timestampType)
-        let (envelope, attempt) = WireFormat.envelope(
-            headers: headers,
+        let (envelope, attempt) = received.envelope(
             payload: payload,
             fallbackTime: timestamp >= 0 ? Date(timeIntervalSince1970: TimeInterval(timestamp) / 1000) : nil,
             fallbackKey: key

@@ -28,7 +28,7 @@ final class KafkaProducer: @unchecked Sendable {
         let conf = try KafkaClient.configuration(properties)
         rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
             guard let message, let opaque = message.pointee._private else { return }
-            Unmanaged<ProduceBatch>.fromOpaque(opaque).takeRetainedValue().reported(message.pointee.err)
+            Unmanaged<ProduceBatch>.fromOpaque(opaque).takeUnretainedValue().reported(message.pointee.err)
         }
         rk = try KafkaClient.handle(RD_KAFKA_PRODUCER, conf)
         let thread = Thread { [self] in pollLoop() }
@@ -165,14 +165,19 @@ final class KafkaProducer: @unchecked Sendable {
         let batch = ProduceBatch(topic: topic)
         for (index, envelope) in envelopes.enumerated() {
             let headers = rd_kafka_headers_new(8)!
-            for (name, value) in WireFormat.headers(for: envelope, attempt: attempt(index)) {
-                var value = value
-                value.withUTF8 { bytes in
-                    _ = rd_kafka_header_add(headers, name, -1, bytes.baseAddress, bytes.count)
+            WireFormat.forEachHeader(of: envelope, attempt: attempt(index)) { name, value in
+                var (name, value) = (name, value)
+                name.withUTF8 { name in
+                    value.withUTF8 { bytes in
+                        name.withMemoryRebound(to: CChar.self) { name in
+                            _ = rd_kafka_header_add(headers, name.baseAddress, name.count, bytes.baseAddress, bytes.count)
+                        }
+                    }
                 }
             }
             batch.add()
-            let opaque = Unmanaged.passRetained(batch).toOpaque()
+            // `batch` outlives every report: this function holds it until `wait` returns.
+            let opaque = Unmanaged.passUnretained(batch).toOpaque()
             var waited = 0
             while true {
                 let error = Self.produce(rk, rkt, envelope, headers, opaque)
@@ -184,12 +189,13 @@ final class KafkaProducer: @unchecked Sendable {
                     continue
                 }
                 rd_kafka_headers_destroy(headers)
-                Unmanaged<ProduceBatch>.fromOpaque(opaque).takeRetainedValue().reported(error)
+                batch.reported(error)
                 break
             }
             if batch.hasFailed { break }
         }
         try await batch.wait()
+        withExtendedLifetime(batch) {}
     }
 
     private static func produce(
@@ -239,28 +245,34 @@ final class KafkaProducer: @unchecked Sendable {
 /// the last one, with the first error if any.
 final class ProduceBatch: @unchecked Sendable {
     private struct State {
-        var pending = 0
-        var sealed = false
         var error: CourierError?
         var continuation: UnsafeContinuation<CourierError?, Never>?
     }
     let topic: String
+    /// Messages enqueued and not yet reported, plus one while the batch is still being
+    /// enqueued (so the count cannot reach zero early).
+    private let pending = Atomic<Int>(1)
     private let state = Mutex(State())
 
     init(topic: String) { self.topic = topic }
 
-    func add() { state.withLock { $0.pending += 1 } }
+    func add() { pending.add(1, ordering: .relaxed) }
 
     var hasFailed: Bool { state.withLock { $0.error != nil } }
 
     /// A delivery report (or a failed enqueue) for one message.
     func reported(_ error: rd_kafka_resp_err_t) {
-        let resume = state.withLock { state -> (UnsafeContinuation<CourierError?, Never>, CourierError?)? in
-            if error != RD_KAFKA_RESP_ERR_NO_ERROR && state.error == nil {
-                state.error = KafkaClient.error(error, "publishing to \(topic)")
+        if error != RD_KAFKA_RESP_ERR_NO_ERROR {
+            state.withLock { state in
+                if state.error == nil { state.error = KafkaClient.error(error, "publishing to \(topic)") }
             }
-            state.pending -= 1
-            guard state.pending == 0, state.sealed, let continuation = state.continuation else { return nil }
+        }
+        if pending.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { finish() }
+    }
+
+    private func finish() {
+        let resume = state.withLock { state -> (UnsafeContinuation<CourierError?, Never>, CourierError?)? in
+            guard let continuation = state.continuation else { return nil }
             state.continuation = nil
             return (continuation, state.error)
         }
@@ -270,13 +282,9 @@ final class ProduceBatch: @unchecked Sendable {
     /// Waits for every report of the batch.
     func wait() async throws(CourierError) {
         let error = await withUnsafeContinuation { (continuation: UnsafeContinuation<CourierError?, Never>) in
-            let ready = state.withLock { state -> CourierError?? in
-                state.sealed = true
-                if state.pending == 0 { return .some(state.error) }
-                state.continuation = continuation
-                return .none
-            }
-            if let ready { continuation.resume(returning: ready) }
+            state.withLock { $0.continuation = continuation }
+            // Drop the enqueueing guard; whoever takes the count to zero resumes.
+            if pending.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { finish() }
         }
         if let error { throw error }
     }
