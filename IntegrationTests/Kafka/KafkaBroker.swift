@@ -23,12 +23,17 @@ enum KafkaBroker {
         return mock!.url(options.joined(separator: "&"))
     }
 
-    /// A new transport client of the cluster under test.
+    /// A new transport client of the cluster under test; `options` are URL options
+    /// (`retry_topics=true`, `rdkafka.debug=cgrp`).
     static func connect(_ options: String...) async throws -> KafkaTransport {
         var configuration = try KafkaTransport.Configuration(url: url())
         for option in options {
             let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
-            configuration.settings.properties[String(parts[0].dropFirst("rdkafka.".count))] = parts[1]
+            if parts[0] == "retry_topics" {
+                configuration.settings.retryTopics = parts[1] == "true"
+            } else {
+                configuration.settings.properties[String(parts[0].dropFirst("rdkafka.".count))] = parts[1]
+            }
         }
         return try await KafkaTransport.connect(configuration)
     }

@@ -32,4 +32,22 @@ struct KafkaConformanceTests {
         if let skipped = try await Self.suite.skippedSummary() { try Test.cancel(Comment(rawValue: skipped)) }
     }
 }
+
+/// The scenarios that nack, with nacks republished to retry topics (`retry_topics=true`).
+@Suite("Conformance: KafkaTransport with retry topics")
+struct KafkaRetryTopicConformanceTests {
+    static let suite: ConformanceSuite = {
+        var configuration = ConformanceConfiguration()
+        configuration.idleTimeout = .seconds(15)
+        configuration.namePrefix = "conformance-retry"
+        return ConformanceSuite(configuration: configuration) { try await KafkaBroker.connect("retry_topics=true") }
+    }()
+
+    @Test("scenario", arguments: [ConformanceScenario.nackRedelivers, .ackGatesOrder, .continueAfterErrors, .deadLetter, .consumerDiesBeforeAck])
+    func scenario(_ scenario: ConformanceScenario) async throws {
+        let (line, failure) = try await Self.suite.outcome(of: scenario)
+        print("[conformance kafka retry topics] \(line)")
+        if let failure { Issue.record("\(failure)") }
+    }
+}
 }

@@ -190,6 +190,42 @@ struct KafkaTransportTests {
         try await transport.shutdown()
     }
 
+    @Test func aNackWithRetryTopicsOutlivesTheConsumer() async throws {
+        let topic = unique("retry")
+        let first = try await KafkaBroker.connect("retry_topics=true")
+        #expect(first.capabilities.nativeDelayedRedelivery)
+        let subscription = try await first.subscribe(to: topic, group: "g")
+        let sent = Envelope(payload: Array("retry me".utf8), headers: ["note": "kept"])
+        try await first.publish(sent, to: topic)
+        var nackedAt = ContinuousClock.now
+        let guardian = watchdog(subscription)
+        for try await delivery in subscription {
+            nackedAt = .now
+            try await delivery.nack(delay: .seconds(2))
+            break
+        }
+        guardian.cancel()
+        // The consumer goes away before the retry is due; the retry is on the broker.
+        try await first.shutdown()
+        let second = try await KafkaBroker.connect("retry_topics=true")
+        let again = try await second.subscribe(to: topic, group: "g")
+        let guardian2 = watchdog(again)
+        defer { guardian2.cancel() }
+        var redelivered: Delivery?
+        for try await delivery in again {
+            redelivered = delivery
+            try await delivery.ack()
+            break
+        }
+        let delivery = try #require(redelivered, "the nacked message came back")
+        #expect(delivery.envelope.id == sent.id)
+        #expect(delivery.attempt == 2)
+        #expect(delivery.envelope.headers == ["note": "kept"], "the retry bookkeeping header is hidden")
+        #expect(ContinuousClock.now - nackedAt >= .seconds(2), "not before its delay")
+        await again.close()
+        try await second.shutdown()
+    }
+
     @Test func rewindingAGroupWithOpenSubscriptionsIsRefused() async throws {
         let topic = unique("rewind")
         let transport = try await KafkaBroker.connect()

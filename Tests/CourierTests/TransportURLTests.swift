@@ -65,7 +65,7 @@ struct TransportURLTests {
     }
 
     @Test func kafkaURLWithSeveralServersAndPassThroughProperties() throws {
-        let url = "kafka://alice:s3cret@k1:19092,k2,[::1]:9093?client_id=shop&partitions=6&replication_factor=3&security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512&rdkafka.linger.ms=5&verify=verify_none&create_topics=auto"
+        let url = "kafka://alice:s3cret@k1:19092,k2,[::1]:9093?client_id=shop&partitions=6&replication_factor=3&security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512&rdkafka.linger.ms=5&verify=verify_none&create_topics=auto&retry_topics=true"
         guard case .kafka(let settings) = try TransportURL(url) else { Issue.record("not kafka"); return }
         #expect(settings.bootstrapServers == [.init(host: "k1", port: 19092), .init(host: "k2", port: 9092), .init(host: "::1", port: 9093)])
         #expect(settings.clientID == "shop")
@@ -78,8 +78,10 @@ struct TransportURLTests {
         #expect(settings.properties == ["linger.ms": "5"])
         #expect(settings.tls?.verifyPeer == false)
         #expect(settings.topicCreation == .auto)
+        #expect(settings.retryTopics)
         guard case .kafka(let plain) = try TransportURL("kafka://k1") else { Issue.record("not kafka"); return }
         #expect(plain.topicCreation == .admin)
+        #expect(!plain.retryTopics)
     }
 
     @Test(arguments: [

@@ -24,6 +24,8 @@ import Synchronization
 final class KafkaGroupMember: @unchecked Sendable {
     let origin: DeliveryOrigin
     let topic: String
+    /// The retry topic read beside `topic`, when nacks republish (``KafkaSettings/retryTopics``).
+    let retryTopic: String?
     let groupID: String
     let options: SubscriptionOptions
     private let startPosition: StartPosition
@@ -40,18 +42,29 @@ final class KafkaGroupMember: @unchecked Sendable {
     private var lastCommit = ContinuousClock.now
     private let started = ContinuousClock.now
     private var hasJoined = false
-    private var arrived: [(partition: Int32, offset: Int64, timestamp: Int64, pending: Pending?)] = []
+    private var arrived: [(position: Position, offset: Int64, timestamp: Int64, pending: Pending?)] = []
     private let joinTimeout: Duration
 
     private let state = Mutex(State())
+
+    /// A partition of the topic (0) or of the retry topic (1).
+    struct Position: Hashable, Sendable {
+        var topic: Int
+        var partition: Int32
+    }
+
+    /// The header carrying when a message republished to the retry topic is due (ms since 1970).
+    static let retryAtHeader = "ce_courierretryat"
 
     /// A message polled and not yet settled, as it waits in the gate.
     struct Pending: Sendable {
         var envelope: Envelope
         var attempt: Int
-        var partition: Int32
+        var position: Position
         var offset: Int64
         var epoch: UInt64
+        /// For a message from the retry topic: when it is due (ms since 1970).
+        var retryAt: Int64?
     }
 
     private struct Taken {
@@ -94,7 +107,7 @@ final class KafkaGroupMember: @unchecked Sendable {
         var gate = KeyOrderGate<Pending> { $0.envelope.key }
         var taken: [UInt64: Taken] = [:]
         var nextTag: UInt64 = 0
-        var tracks: [Int32: Track] = [:]
+        var tracks: [Position: Track] = [:]
         var epoch: UInt64 = 0
         var unsettled = 0
         var waiters = Deque<Waiter>()
@@ -136,12 +149,14 @@ final class KafkaGroupMember: @unchecked Sendable {
         options: SubscriptionOptions,
         startPosition: StartPosition,
         deadLetterTopic: String,
+        retryTopic: String?,
         configuration: KafkaTransport.Configuration,
         producer: KafkaProducer,
         onClosed: @escaping @Sendable (KafkaGroupMember) -> Void
     ) throws(CourierError) {
         self.origin = origin
         self.topic = topic
+        self.retryTopic = retryTopic
         self.groupID = groupID
         self.options = options
         self.startPosition = startPosition
@@ -181,8 +196,8 @@ final class KafkaGroupMember: @unchecked Sendable {
         rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf)
         rd_kafka_poll_set_consumer(rk)
         queue = rd_kafka_queue_get_consumer(rk)
-        let subscription = PartitionList(capacity: 1)
-        subscription.add(topic, courier_rdk_partition_ua())
+        let subscription = PartitionList(capacity: 2)
+        for name in topics { subscription.add(name, courier_rdk_partition_ua()) }
         let error = rd_kafka_subscribe(rk, subscription.list)
         if error != RD_KAFKA_RESP_ERR_NO_ERROR {
             rd_kafka_queue_destroy(queue)
@@ -192,6 +207,15 @@ final class KafkaGroupMember: @unchecked Sendable {
         let thread = Thread { [self] in run() }
         thread.name = "courier.kafka.consumer"
         thread.start()
+    }
+
+    /// The topics the member reads: the topic, and the retry topic if any.
+    private var topics: [String] { [topic] + (retryTopic.map { [$0] } ?? []) }
+
+    /// The position of `partition` of the topic named `name`.
+    private func position(_ name: UnsafePointer<CChar>?, _ partition: Int32) -> Position {
+        guard let retryTopic, let name else { return Position(topic: 0, partition: partition) }
+        return Position(topic: String(cString: name) == retryTopic ? 1 : 0, partition: partition)
     }
 
     // MARK: Subscriptions
@@ -319,7 +343,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     private func settled(_ pending: Pending) {
         let (served, wake) = state.withLock { state -> ([(Waiter, Delivery)], Bool) in
             guard pending.epoch == state.epoch else { return ([], false) }
-            state.tracks[pending.partition]?.settle(pending.offset)
+            state.tracks[pending.position]?.settle(pending.offset)
             state.gate.release(key: pending.envelope.key)
             state.unsettled -= 1
             let wake = state.pauseRequested && state.unsettled <= state.limit / 2
@@ -342,6 +366,10 @@ final class KafkaGroupMember: @unchecked Sendable {
         }
         var again = taken.pending
         again.attempt += 1
+        if let retryTopic {
+            try await republish(taken, tag: tag, to: retryTopic, delay: delay)
+            return
+        }
         // The key stays in flight until the redelivery, so no later message of it overtakes.
         if delay > .zero {
             Task { [self] in
@@ -351,6 +379,23 @@ final class KafkaGroupMember: @unchecked Sendable {
         } else {
             redeliver(again)
         }
+    }
+
+    /// Publishes a copy with attempt + 1, due after `delay`, to the retry topic, then settles
+    /// the original; if the retry topic refuses it, the delivery stays unsettled.
+    private func republish(_ taken: Taken, tag: UInt64, to retryTopic: String, delay: Duration) async throws {
+        var copy = taken.pending.envelope
+        let due = Date().addingTimeInterval(Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18)
+        copy.headers[Self.retryAtHeader] = String(Int64((due.timeIntervalSince1970 * 1000).rounded(.up)))
+        do {
+            try await producer.produce([copy], to: retryTopic) { _ in taken.pending.attempt + 1 }
+        } catch {
+            state.withLock { state in
+                if taken.pending.epoch == state.epoch { state.taken[tag] = taken }
+            }
+            throw error
+        }
+        settled(taken.pending)
     }
 
     private func redeliver(_ pending: Pending) {
@@ -466,29 +511,49 @@ final class KafkaGroupMember: @unchecked Sendable {
             let raw = message.pointee
             // Consumer errors (a broker gone, a fetch failed) are transient: librdkafka retries.
             guard raw.err == RD_KAFKA_RESP_ERR_NO_ERROR else { continue }
-            let (pending, timestamp) = Self.pending(message)
-            arrived.append((raw.partition, raw.offset, timestamp, pending))
+            var (pending, timestamp) = Self.pending(message)
+            pending.position = position(raw.rkt.map { rd_kafka_topic_name($0) }, raw.partition)
+            arrived.append((pending.position, raw.offset, timestamp, pending))
         }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        var notYetDue: [Pending] = []
         let served = state.withLock { state -> [(Waiter, Delivery)] in
             for item in arrived {
-                guard var track = state.tracks[item.partition], var pending = item.pending else { continue }
+                guard var track = state.tracks[item.position], var pending = item.pending else { continue }
                 track.next = item.offset + 1
                 if let cut = track.skipBefore {
                     if item.timestamp >= 0 && item.timestamp < cut {
-                        state.tracks[item.partition] = track
+                        state.tracks[item.position] = track
                         continue
                     }
                     track.skipBefore = nil
                 }
                 track.inFlight.append((item.offset, false))
-                state.tracks[item.partition] = track
+                state.tracks[item.position] = track
                 pending.epoch = state.epoch
                 state.unsettled += 1
-                state.gate.append(pending)
+                if let due = pending.retryAt, due > now {
+                    notYetDue.append(pending)
+                } else {
+                    state.gate.append(pending)
+                }
             }
             return state.serve()
         }
         for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        // Retries wait in memory until due; their offsets stay uncommitted meanwhile, so a
+        // member that stops first leaves them to the next.
+        for pending in notYetDue {
+            Task { [self] in
+                try? await Task.sleep(for: .milliseconds(max(0, pending.retryAt! - Int64(Date().timeIntervalSince1970 * 1000))))
+                let served = state.withLock { state -> [(Waiter, Delivery)] in
+                    guard pending.epoch == state.epoch, !state.closing else { return [] }
+                    state.gate.append(pending)
+                    return state.serve()
+                }
+                for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+            }
+        }
     }
 
     /// The envelope, attempt and position of a polled message.
@@ -512,28 +577,31 @@ final class KafkaGroupMember: @unchecked Sendable {
         let key = raw.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: raw.key_len), as: UTF8.self) }
         var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let timestamp = rd_kafka_message_timestamp(message, &timestampType)
-        let (envelope, attempt) = received.envelope(
+        var (envelope, attempt) = received.envelope(
             payload: payload,
             fallbackTime: timestamp >= 0 ? Date(timeIntervalSince1970: TimeInterval(timestamp) / 1000) : nil,
             fallbackKey: key
         )
-        return (Pending(envelope: envelope, attempt: attempt, partition: raw.partition, offset: raw.offset, epoch: 0), timestamp)
+        let retryAt = envelope.headers.removeValue(forKey: retryAtHeader).flatMap { Int64($0) }
+        let position = Position(topic: 0, partition: raw.partition)
+        return (Pending(envelope: envelope, attempt: attempt, position: position, offset: raw.offset, epoch: 0, retryAt: retryAt), timestamp)
     }
 
     /// Commits the lowest unsettled offset of every partition that moved (all with `force`).
     private func commit(async: Bool, force: Bool) {
         lastCommit = ContinuousClock.now
-        let offsets = state.withLock { state -> [(Int32, Int64)] in
-            var offsets: [(Int32, Int64)] = []
-            for (partition, track) in state.tracks where force || track.commitOffset > track.committed {
-                offsets.append((partition, track.commitOffset))
-                state.tracks[partition]?.committed = track.commitOffset
+        let offsets = state.withLock { state -> [(Position, Int64)] in
+            var offsets: [(Position, Int64)] = []
+            for (position, track) in state.tracks where force || track.commitOffset > track.committed {
+                offsets.append((position, track.commitOffset))
+                state.tracks[position]?.committed = track.commitOffset
             }
             return offsets
         }
         guard !offsets.isEmpty else { return }
+        let names = topics
         let list = PartitionList(capacity: offsets.count)
-        for (partition, offset) in offsets where offset >= 0 { list.add(topic, partition, offset: offset) }
+        for (position, offset) in offsets where offset >= 0 { list.add(names[position.topic], position.partition, offset: offset) }
         guard list.count > 0 else { return }
         let error = rd_kafka_commit(rk, list.list, async ? 1 : 0)
         if error != RD_KAFKA_RESP_ERR_NO_ERROR && error != RD_KAFKA_RESP_ERR__NO_OFFSET {
@@ -547,31 +615,34 @@ final class KafkaGroupMember: @unchecked Sendable {
         let list = PartitionList(copying: partitions)
         let milliseconds = KafkaClient.milliseconds(timeout)
         let committedError = rd_kafka_committed(rk, list.list, milliseconds)
-        var starts: [Int32: (offset: Int64, skipBefore: Int64?)] = [:]
-        let unresolved = PartitionList()
+        var starts: [Position: (offset: Int64, skipBefore: Int64?)] = [:]
+        var unresolved: [Position] = []
         for element in list.elements {
+            let position = position(element.topic, element.partition)
             if committedError != RD_KAFKA_RESP_ERR_NO_ERROR || element.err != RD_KAFKA_RESP_ERR_NO_ERROR {
                 // Unknown (the coordinator is busy): let librdkafka fetch the committed offset
                 // itself. Never guess a start here: that would overwrite the group's offsets.
-                starts[element.partition] = (courier_rdk_offset_invalid(), nil)
+                starts[position] = (courier_rdk_offset_invalid(), nil)
             } else if element.offset >= 0 {
-                starts[element.partition] = (element.offset, nil)
+                starts[position] = (element.offset, nil)
             } else {
-                unresolved.add(topic, element.partition)
+                unresolved.append(position)
             }
         }
-        if unresolved.count > 0 {
-            for (partition, start) in resolveStart(rk, unresolved) { starts[partition] = start }
+        if !unresolved.isEmpty {
+            for (position, start) in resolveStart(rk, unresolved) { starts[position] = start }
             // Commit the starting offsets now: from here on the group exists, and what is
             // published next is kept for it even if this member leaves before reading.
+            let names = topics
             let commit = PartitionList(capacity: unresolved.count)
-            for element in unresolved.elements {
-                if let start = starts[element.partition], start.offset >= 0 { commit.add(topic, element.partition, offset: start.offset) }
+            for position in unresolved {
+                if let start = starts[position], start.offset >= 0 { commit.add(names[position.topic], position.partition, offset: start.offset) }
             }
             if commit.count > 0 { _ = rd_kafka_commit(rk, commit.list, 0) }
         }
         for index in 0..<list.count {
-            list.elements[index].offset = starts[list.elements[index].partition]?.offset ?? courier_rdk_offset_invalid()
+            let position = position(list.elements[index].topic, list.elements[index].partition)
+            list.elements[index].offset = starts[position]?.offset ?? courier_rdk_offset_invalid()
         }
         rd_kafka_assign(rk, list.list)
         paused = false
@@ -580,8 +651,8 @@ final class KafkaGroupMember: @unchecked Sendable {
             state.epoch += 1
             state.pauseRequested = false
             state.tracks = [:]
-            for (partition, start) in starts {
-                state.tracks[partition] = Track(next: start.offset, committed: start.offset, skipBefore: start.skipBefore)
+            for (position, start) in starts {
+                state.tracks[position] = Track(next: start.offset, committed: start.offset, skipBefore: start.skipBefore)
             }
             state.joined = true
             defer { state.joinWaiters.removeAll() }
@@ -590,38 +661,44 @@ final class KafkaGroupMember: @unchecked Sendable {
         for joiner in joiners { joiner.resume(returning: nil) }
     }
 
-    /// Start offsets for partitions the group has never committed, from the start position.
-    private func resolveStart(_ rk: OpaquePointer, _ partitions: PartitionList) -> [Int32: (offset: Int64, skipBefore: Int64?)] {
+    /// Start offsets for partitions the group has never committed: the start position for the
+    /// topic, the beginning for the retry topic (retries are never skipped).
+    private func resolveStart(_ rk: OpaquePointer, _ positions: [Position]) -> [Position: (offset: Int64, skipBefore: Int64?)] {
         let milliseconds = KafkaClient.milliseconds(timeout)
-        var starts: [Int32: (offset: Int64, skipBefore: Int64?)] = [:]
-        var watermarks: [Int32: (low: Int64, high: Int64)] = [:]
-        for element in partitions.elements {
+        let names = topics
+        var starts: [Position: (offset: Int64, skipBefore: Int64?)] = [:]
+        var watermarks: [Position: (low: Int64, high: Int64)] = [:]
+        for position in positions {
             var low: Int64 = 0
             var high: Int64 = 0
-            if rd_kafka_query_watermark_offsets(rk, topic, element.partition, &low, &high, milliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR {
-                watermarks[element.partition] = (low, high)
+            if rd_kafka_query_watermark_offsets(rk, names[position.topic], position.partition, &low, &high, milliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                watermarks[position] = (low, high)
             }
         }
-        switch startPosition {
-        case .latest:
-            for (partition, marks) in watermarks { starts[partition] = (marks.high, nil) }
-        case .earliest:
-            for (partition, marks) in watermarks { starts[partition] = (marks.low, nil) }
-        case .timestamp(let date):
+        var timed: [Position] = []
+        for (position, marks) in watermarks {
+            switch position.topic == 0 ? startPosition : .earliest {
+            case .latest: starts[position] = (marks.high, nil)
+            case .earliest: starts[position] = (marks.low, nil)
+            case .timestamp: timed.append(position)
+            }
+        }
+        if case .timestamp(let date) = startPosition, !timed.isEmpty {
             let cut = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
-            let query = PartitionList(capacity: partitions.count)
-            for element in partitions.elements { query.add(topic, element.partition, offset: cut) }
+            let query = PartitionList(capacity: timed.count)
+            for position in timed { query.add(names[position.topic], position.partition, offset: cut) }
             let error = rd_kafka_offsets_for_times(rk, query.list, milliseconds)
             for element in query.elements {
-                guard let marks = watermarks[element.partition] else { continue }
+                let position = Position(topic: 0, partition: element.partition)
+                guard let marks = watermarks[position] else { continue }
                 if error == RD_KAFKA_RESP_ERR_NO_ERROR && element.err == RD_KAFKA_RESP_ERR_NO_ERROR && element.offset >= 0 {
-                    starts[element.partition] = (element.offset, nil)
+                    starts[position] = (element.offset, nil)
                 } else if marks.high > marks.low {
                     // The broker found no message at or after the time, or cannot look it up
                     // (the mock cluster): read from the start and skip the older ones.
-                    starts[element.partition] = (marks.low, cut)
+                    starts[position] = (marks.low, cut)
                 } else {
-                    starts[element.partition] = (marks.high, nil)
+                    starts[position] = (marks.high, nil)
                 }
             }
         }

@@ -16,6 +16,14 @@ public struct KafkaTopology: Sendable {
     public var queueGroupID: @Sendable (_ queue: String) -> String = { $0 }
     /// The topic that receives dead letters from `origin`.
     public var deadLetterTopic: @Sendable (_ origin: DeliveryOrigin) -> String = { $0.defaultDeadLetterQueue }
+    /// The topic nacked messages of `origin` are republished to, with
+    /// ``KafkaSettings/retryTopics``: `t.g.retry` or `q.retry`.
+    public var retryTopic: @Sendable (_ origin: DeliveryOrigin) -> String = { origin in
+        switch origin {
+        case .topic(let topic, let group): "\(topic).\(group).retry"
+        case .queue(let queue): "\(queue).retry"
+        }
+    }
 
     /// The documented defaults.
     public init() {}
@@ -91,7 +99,7 @@ public final class KafkaTransport: Transport {
             ordering: .perKey,
             survivesBrokerRestart: true,
             replay: true,
-            nativeDelayedRedelivery: false,
+            nativeDelayedRedelivery: configuration.settings.retryTopics,
             maxPayloadSize: configuration.maxPayloadSize
         )
     }
@@ -172,6 +180,9 @@ public final class KafkaTransport: Transport {
     private func attach(origin: DeliveryOrigin, groupID: String, start: StartPosition, options: SubscriptionOptions) async throws -> Subscription {
         try checkOpen("subscribing to \(origin)")
         try await producer.ensureTopic(origin.destination, timeout: configuration.operationTimeout)
+        if configuration.settings.retryTopics {
+            try await producer.ensureTopic(configuration.topology.retryTopic(origin), timeout: configuration.operationTimeout)
+        }
         while true {
             let member = try member(for: origin, groupID: groupID, start: start, options: options)
             let attached: Result<KafkaSubscription, CourierError>
@@ -202,6 +213,7 @@ public final class KafkaTransport: Transport {
                 options: options,
                 startPosition: start,
                 deadLetterTopic: configuration.topology.deadLetterTopic(origin),
+                retryTopic: configuration.settings.retryTopics ? configuration.topology.retryTopic(origin) : nil,
                 configuration: configuration,
                 producer: producer
             ) { [weak self] member in

@@ -141,7 +141,8 @@ public struct AMQPSettings: Sendable, Hashable, CustomStringConvertible {
 /// Courier creates, default 4), `replication_factor` (default -1, the broker's default),
 /// `security_protocol` (`plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`), `sasl_mechanism`,
 /// `cacertfile`, `certfile`, `keyfile`, `verify`, `create_topics` (`admin`, `auto` or `off`;
-/// see ``TopicCreation``), and any librdkafka property prefixed `rdkafka.`
+/// see ``TopicCreation``), `retry_topics` (`true` or `false`; see ``retryTopics``), and any
+/// librdkafka property prefixed `rdkafka.`
 /// (`rdkafka.linger.ms=5`). User and password in the URL are the SASL credentials.
 public struct KafkaSettings: Sendable, Hashable, CustomStringConvertible {
     /// How a missing topic comes to exist when Courier first publishes to or reads it.
@@ -175,6 +176,10 @@ public struct KafkaSettings: Sendable, Hashable, CustomStringConvertible {
     public var replicationFactor: Int = -1
     /// How missing topics are created. Default ``TopicCreation/admin``.
     public var topicCreation: TopicCreation = .admin
+    /// Whether a nack republishes the message to a retry topic (durable delays, but a nacked
+    /// message no longer holds back later messages of its key) instead of redelivering it in
+    /// order from the consuming process. Default false; URL `retry_topics=true`.
+    public var retryTopics = false
     public var securityProtocol: String = "plaintext"
     public var saslMechanism: String?
     public var username: String?

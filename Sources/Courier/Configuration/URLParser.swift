@@ -138,6 +138,10 @@ struct URLParser {
             }
             settings.topicCreation = creation
         }
+        if let value = options.removeValue(forKey: "retry_topics") {
+            guard let flag = Bool(value.lowercased()) else { throw fail("option retry_topics is '\(value)'; use true or false") }
+            settings.retryTopics = flag
+        }
         if let value = options.removeValue(forKey: "sasl_mechanism") { settings.saslMechanism = value }
         if let value = options.removeValue(forKey: "security_protocol") {
             let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
