@@ -3,12 +3,14 @@ import CourierConformance
 import CourierKafka
 import Testing
 
-/// Every test that talks to the Kafka cluster, one at a time: fault injection (brokers down,
-/// request errors) would disturb anything running beside it.
-@Suite("Kafka", .serialized)
-enum KafkaIntegration {}
+extension BrokerIntegration {
+    /// Every test that talks to the Kafka cluster, one at a time: fault injection (brokers down,
+    /// request errors) would disturb anything running beside it.
+    @Suite("Kafka", .serialized)
+    enum KafkaIntegration {}
+}
 
-extension KafkaIntegration {
+extension BrokerIntegration.KafkaIntegration {
 /// The whole conformance suite, full counts, on librdkafka's mock cluster (or the real
 /// cluster `COURIER_KAFKA_BROKERS` names).
 @Suite("Conformance: KafkaTransport")

@@ -13,7 +13,7 @@ final class Shared<Value>: @unchecked Sendable {
 
 /// Kafka-specific behaviours and faults beyond the conformance suite: on the mock cluster,
 /// with its fault injection; the fault tests need the mock and say so when it is absent.
-extension KafkaIntegration {
+extension BrokerIntegration.KafkaIntegration {
 @Suite("KafkaTransport")
 struct KafkaTransportTests {
     private func unique(_ name: String) -> String { "kafka-test-\(name)-\(MessageID.random().prefix(8).lowercased())" }

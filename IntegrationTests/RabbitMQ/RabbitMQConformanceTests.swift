@@ -3,12 +3,14 @@ import CourierConformance
 import CourierRabbitMQ
 import Testing
 
-/// Every test that talks to the RabbitMQ broker, one at a time: the reconnect scenario
-/// restarts the broker for real, which would disturb anything running beside it.
-@Suite("RabbitMQ", .serialized)
-enum RabbitMQIntegration {}
+extension BrokerIntegration {
+    /// Every test that talks to the RabbitMQ broker, one at a time: the reconnect scenario
+    /// restarts the broker for real, which would disturb anything running beside it.
+    @Suite("RabbitMQ", .serialized)
+    enum RabbitMQIntegration {}
+}
 
-extension RabbitMQIntegration {
+extension BrokerIntegration.RabbitMQIntegration {
 /// The whole conformance suite, full counts, on a real RabbitMQ.
 @Suite("Conformance: RabbitMQTransport")
 struct RabbitMQConformanceTests {

@@ -4,7 +4,7 @@ import Foundation
 import Testing
 
 /// RabbitMQ-specific behaviours beyond the conformance suite, against the real broker.
-extension RabbitMQIntegration {
+extension BrokerIntegration.RabbitMQIntegration {
 @Suite("RabbitMQTransport")
 struct RabbitMQTransportTests {
     private func unique(_ name: String) -> String { "rmq-test-\(name)-\(MessageID.random().prefix(8).lowercased())" }

@@ -445,14 +445,14 @@ final class KafkaGroupMember: @unchecked Sendable {
             if !joinedInTime() { break }
             setPaused(capacity == 0)
             if recommit || ContinuousClock.now - lastCommit >= commitInterval {
-                commit(async: true, force: recommit)
+                commit(wait: nil, force: recommit)
             }
             let count = messages.withUnsafeMutableBufferPointer { buffer in
                 rd_kafka_consume_batch_queue(queue, 100, buffer.baseAddress, max(1, min(capacity, buffer.count)))
             }
             if count > 0 { receive(messages[0..<count]) }
         }
-        commit(async: false, force: true)
+        commit(wait: .seconds(5), force: true)
         rd_kafka_consumer_close(rk)
         rd_kafka_queue_destroy(queue)
         rd_kafka_destroy(rk)
@@ -588,7 +588,10 @@ final class KafkaGroupMember: @unchecked Sendable {
     }
 
     /// Commits the lowest unsettled offset of every partition that moved (all with `force`).
-    private func commit(async: Bool, force: Bool) {
+    /// Commits the lowest unsettled offsets; `wait` bounds how long to wait for the result
+    /// (`nil`: do not wait). A commit still unanswered then completes in the background, so a
+    /// broker outage never stalls the member's thread (which would stall its deliveries).
+    private func commit(wait: Duration?, force: Bool) {
         lastCommit = ContinuousClock.now
         let offsets = state.withLock { state -> [(Position, Int64)] in
             var offsets: [(Position, Int64)] = []
@@ -603,10 +606,14 @@ final class KafkaGroupMember: @unchecked Sendable {
         let list = PartitionList(capacity: offsets.count)
         for (position, offset) in offsets where offset >= 0 { list.add(names[position.topic], position.partition, offset: offset) }
         guard list.count > 0 else { return }
-        let error = rd_kafka_commit(rk, list.list, async ? 1 : 0)
-        if error != RD_KAFKA_RESP_ERR_NO_ERROR && error != RD_KAFKA_RESP_ERR__NO_OFFSET {
-            state.withLock { $0.recommit = true }
+        guard let wait else {
+            if rd_kafka_commit(rk, list.list, 1) != RD_KAFKA_RESP_ERR_NO_ERROR { state.withLock { $0.recommit = true } }
+            return
         }
+        let results = rd_kafka_queue_new(rk)
+        defer { rd_kafka_queue_destroy(results) }
+        _ = rd_kafka_commit_queue(rk, list.list, results, nil, nil)
+        if let event = rd_kafka_queue_poll(results, KafkaClient.milliseconds(wait)) { rd_kafka_event_destroy(event) }
     }
 
     // MARK: Rebalance (on the member's thread, inside a poll)
@@ -706,7 +713,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     }
 
     private func revoked(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
-        commit(async: false, force: true)
+        commit(wait: .seconds(2), force: true)
         state.withLock { state in
             state.epoch += 1
             state.tracks.removeAll()
