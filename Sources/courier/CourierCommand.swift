@@ -10,12 +10,18 @@ struct CourierCommand: AsyncParsableCommand {
             Every command takes a transport URL with --transport (default: the \
             COURIER_TRANSPORT_URL environment variable, else memory://).
 
+            Exit status: 0 on success, 1 on an error (printed on standard error with its \
+            code), 3 when consume or tail stopped at --timeout before --count, 64 on bad usage.
+
             Examples:
               courier demo
               courier demo --customers 50
+              courier send create-customer '{"name":"Ada"}' --transport amqp://localhost
+              courier consume --queue create-customer --count 1 --transport amqp://localhost
+              courier tail customers --transport kafka://localhost:9092
               courier bench --messages 1000000 --size 256 --publishers 4 --consumers 4
             """,
-        subcommands: [Demo.self, Bench.self]
+        subcommands: [Demo.self, Publish.self, Send.self, Consume.self, Tail.self, Bench.self]
     )
 }
 

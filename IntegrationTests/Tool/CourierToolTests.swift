@@ -1,0 +1,154 @@
+import Courier
+import Foundation
+import Testing
+
+/// The `courier` tool driven as a user would: the built binary, with arguments, standard input
+/// and exit codes, against the local RabbitMQ, the Kafka mock cluster and memory://.
+extension BrokerIntegration {
+@Suite("courier tool", .serialized)
+struct CourierToolTests {
+    struct Run {
+        var status: Int32
+        var output: String
+        var errors: String
+        var lines: [String] { output.split(separator: "\n").map(String.init) }
+    }
+
+    /// `.build/debug/courier`, built by `swift build --build-tests`.
+    static let binary: URL = {
+        var root = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { root.deleteLastPathComponent() }
+        return root.appendingPathComponent(".build/debug/courier")
+    }()
+
+    /// A started `courier` process whose output goes to temporary files (no pipes to drain).
+    final class Started: @unchecked Sendable {
+        let process = Process()
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("courier-out-\(MessageID.random())")
+        let errors = FileManager.default.temporaryDirectory.appendingPathComponent("courier-err-\(MessageID.random())")
+
+        init(_ arguments: [String], input: String?, transport: String?) throws {
+            try #require(FileManager.default.isExecutableFile(atPath: CourierToolTests.binary.path), "courier is not built at \(CourierToolTests.binary.path)")
+            _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: errors.path, contents: nil)
+            process.executableURL = CourierToolTests.binary
+            process.arguments = arguments + (transport.map { ["--transport", $0] } ?? [])
+            process.standardOutput = try FileHandle(forWritingTo: output)
+            process.standardError = try FileHandle(forWritingTo: errors)
+            let stdin = FileManager.default.temporaryDirectory.appendingPathComponent("courier-in-\(MessageID.random())")
+            _ = FileManager.default.createFile(atPath: stdin.path, contents: Data((input ?? "").utf8))
+            process.standardInput = try FileHandle(forReadingFrom: stdin)
+            try process.run()
+        }
+
+        var errorText: String { (try? String(contentsOf: errors, encoding: .utf8)) ?? "" }
+
+        /// Waits for the exit (at most `limit`, then kills it) and returns what it printed.
+        func finish(within limit: Duration = .seconds(60)) async throws -> Run {
+            let deadline = ContinuousClock.now + limit
+            while process.isRunning {
+                if ContinuousClock.now > deadline {
+                    process.terminate()
+                    Issue.record("courier \(process.arguments ?? []) did not exit within \(limit)")
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            process.waitUntilExit()
+            return Run(
+                status: process.terminationStatus,
+                output: (try? String(contentsOf: output, encoding: .utf8)) ?? "",
+                errors: errorText
+            )
+        }
+    }
+
+    private func courier(_ arguments: [String], input: String? = nil, transport: String? = RabbitMQBroker.url) async throws -> Run {
+        try await Started(arguments, input: input, transport: transport).finish()
+    }
+
+    private func unique(_ name: String) -> String { "tool-\(name)-\(MessageID.random().prefix(8).lowercased())" }
+
+    @Test func sendFromStandardInputThenConsumeAsJSON() async throws {
+        let queue = unique("queue")
+        let sent = try await courier(["send", queue], input: "first\nsecond\n\nthird\n")
+        #expect(sent.status == 0, "\(sent.errors)")
+        #expect(sent.lines.count == 3, "one id per confirmed command")
+        let consumed = try await courier(["consume", "--queue", queue, "--count", "3", "--json", "--timeout", "20"])
+        #expect(consumed.status == 0, "\(consumed.errors)")
+        let objects = consumed.lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(objects.compactMap { $0["payload"] as? String } == ["first", "second", "third"])
+        #expect(objects.compactMap { $0["id"] as? String } == sent.lines)
+    }
+
+    @Test func publishToAGroupShowsKeyHeadersAndPrettyJSON() async throws {
+        let topic = unique("topic")
+        // A first consume creates the group (nothing arrives: exit 0 without --count).
+        let created = try await courier(["consume", "--topic", topic, "--group", "audit", "--timeout", "1"])
+        #expect(created.status == 0, "\(created.errors)")
+        let published = try await courier([
+            "publish", topic, #"{"b":1,"a":[2,3]}"#, "--content-type", "application/json", "--key", "customer-7", "--header", "tenant=acme",
+        ])
+        #expect(published.status == 0, "\(published.errors)")
+        let read = try await courier(["consume", "--topic", topic, "--group", "audit", "--count", "1", "--timeout", "20"])
+        #expect(read.status == 0, "\(read.errors)")
+        #expect(read.output.contains(published.lines.first ?? "?"))
+        #expect(read.output.contains("key: customer-7"))
+        #expect(read.output.contains("tenant: acme"))
+        #expect(read.output.contains("\"a\" : [\n    2,"), "pretty-printed JSON: \(read.output)")
+    }
+
+    @Test func leaveReturnsTheMessageAndTimeoutsExitWithThree() async throws {
+        let queue = unique("leave")
+        _ = try await courier(["send", queue, "keep me"])
+        let left = try await courier(["consume", "--queue", queue, "--count", "1", "--settle", "leave", "--timeout", "20"])
+        #expect(left.status == 0)
+        #expect(left.output.contains("keep me"))
+        let again = try await courier(["consume", "--queue", queue, "--count", "1", "--timeout", "20"])
+        #expect(again.output.contains("keep me"), "a message left un-acked comes back")
+        let empty = try await courier(["consume", "--queue", queue, "--count", "1", "--timeout", "1"])
+        #expect(empty.status == 3, "--timeout before --count exits 3")
+    }
+
+    @Test func tailFollowsATopicWithoutAGroupOfItsOwn() async throws {
+        let topic = unique("tail")
+        let tail = try Started(["tail", topic, "--count", "2", "--timeout", "30"], input: nil, transport: RabbitMQBroker.url)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !tail.errorText.contains("tailing"), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        _ = try await courier(["publish", topic], input: "alpha\nbeta\n")
+        let run = try await tail.finish()
+        #expect(run.status == 0, "\(run.errors)")
+        #expect(run.output.contains("alpha") && run.output.contains("beta"))
+    }
+
+    @Test func errorsAreTypedAndExitCodesDependable() async throws {
+        let bad = try await courier(["send", "q", "x"], transport: "amqp://guest:hunter2@127.0.0.1:1/")
+        #expect(bad.status == 1)
+        #expect(bad.errors.contains("unreachable"))
+        #expect(!bad.errors.contains("hunter2"))
+        let badURL = try await courier(["send", "q", "x"], transport: "nope://x")
+        #expect(badURL.status == 1)
+        #expect(badURL.errors.contains("invalidURL"))
+        let usage = try await courier(["consume", "--topic", "t"], transport: nil)
+        #expect(usage.status == 64, "bad usage")
+        let help = try await courier(["send", "--help"], transport: nil)
+        #expect(help.status == 0 && help.output.contains("Examples"))
+    }
+
+    @Test func theCommandsWorkOnKafkaAndMemory() async throws {
+        let queue = unique("kafka")
+        let kafka = KafkaBroker.url()
+        let sent = try await courier(["send", queue], input: "k1\nk2\n", transport: kafka)
+        #expect(sent.status == 0, "\(sent.errors)")
+        let read = try await courier(["consume", "--queue", queue, "--count", "2", "--timeout", "30"], transport: kafka)
+        #expect(read.status == 0, "\(read.errors)")
+        #expect(read.output.contains("k1") && read.output.contains("k2"))
+        // memory:// lives in the one process: what is sent there is read back by nobody else,
+        // but every command runs and exits as documented.
+        let memory = try await courier(["publish", "events", "hello"], transport: "memory://")
+        #expect(memory.status == 0 && memory.lines.count == 1)
+        let nothing = try await courier(["consume", "--queue", "q", "--timeout", "0.5"], transport: "memory://")
+        #expect(nothing.status == 0 && nothing.output.isEmpty)
+    }
+}
+}
