@@ -36,6 +36,19 @@ public protocol Transport: Sendable {
 }
 
 extension Transport {
+    /// Runs `body` with this transport, then shuts the transport down, whether `body` threw
+    /// or not (a shutdown error after a thrown one is dropped).
+    public func withShutdown<T: Sendable>(_ body: (Self) async throws -> T) async throws -> T {
+        do {
+            let result = try await body(self)
+            try await shutdown()
+            return result
+        } catch {
+            try? await shutdown()
+            throw error
+        }
+    }
+
     public func publish(_ envelope: Envelope, to topic: String) async throws {
         try await publish([envelope], to: topic)
     }

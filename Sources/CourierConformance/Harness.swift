@@ -170,15 +170,7 @@ extension Scenarios {
 
     /// Runs `body` with a new transport client, shutting it down afterwards.
     func withTransport<T: Sendable>(_ body: (any Transport) async throws -> T) async throws -> T {
-        let transport = try await suite.makeTransport()
-        do {
-            let result = try await body(transport)
-            try await transport.shutdown()
-            return result
-        } catch {
-            try? await transport.shutdown()
-            throw error
-        }
+        try await suite.makeTransport().withShutdown { try await body($0) }
     }
 
     /// A fresh, unique name.

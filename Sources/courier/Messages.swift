@@ -52,6 +52,13 @@ struct MessageOptions: ParsableArguments {
     }
 }
 
+extension TransportOptions {
+    /// Connects, runs `body`, and shuts the transport down whether `body` throws or not.
+    func withTransport<T: Sendable>(_ body: (any Transport) async throws -> T) async throws -> T {
+        try await connect().withShutdown { try await body($0) }
+    }
+}
+
 /// `courier publish`: events to a topic.
 struct Publish: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -74,14 +81,7 @@ struct Publish: AsyncParsableCommand {
 
     func run() async throws {
         let envelopes = try messageOptions.envelopes(message)
-        let transport = try await transportOptions.connect()
-        do {
-            try await transport.publish(envelopes, to: topic)
-        } catch {
-            try? await transport.shutdown()
-            throw error
-        }
-        try await transport.shutdown()
+        try await transportOptions.withTransport { try await $0.publish(envelopes, to: topic) }
         for envelope in envelopes { print(envelope.id) }
     }
 }
@@ -107,14 +107,7 @@ struct Send: AsyncParsableCommand {
 
     func run() async throws {
         let envelopes = try messageOptions.envelopes(message)
-        let transport = try await transportOptions.connect()
-        do {
-            try await transport.send(envelopes, to: queue)
-        } catch {
-            try? await transport.shutdown()
-            throw error
-        }
-        try await transport.shutdown()
+        try await transportOptions.withTransport { try await $0.send(envelopes, to: queue) }
         for envelope in envelopes { print(envelope.id) }
     }
 }
@@ -172,21 +165,16 @@ struct Consume: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let transport = try await transportOptions.connect()
         let options = SubscriptionOptions(startPosition: start == "earliest" ? .earliest : .latest)
-        let subscription: Subscription
-        do {
-            if let queue {
-                subscription = try await transport.consume(queue: queue, options: options)
+        let (queue, topic, group, settle, readOptions) = (queue, topic, group, settle, readOptions)
+        let complete = try await transportOptions.withTransport { transport in
+            let subscription = if let queue {
+                try await transport.consume(queue: queue, options: options)
             } else {
-                subscription = try await transport.subscribe(to: topic!, group: group!, options: options)
+                try await transport.subscribe(to: topic!, group: group!, options: options)
             }
-        } catch {
-            try? await transport.shutdown()
-            throw error
+            return try await MessagePrinter(options: readOptions).read(subscription, settle: settle)
         }
-        let complete = try await MessagePrinter(options: readOptions).read(subscription, settle: settle)
-        try await transport.shutdown()
         if !complete { throw ToolExit.incomplete }
     }
 }
@@ -215,18 +203,14 @@ struct Tail: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let transport = try await transportOptions.connect()
         let group = "courier-tail-\(MessageID.random().prefix(8).lowercased())"
-        let subscription: Subscription
-        do {
-            subscription = try await transport.subscribe(to: topic, group: group, options: SubscriptionOptions(startPosition: start == "earliest" ? .earliest : .latest))
-        } catch {
-            try? await transport.shutdown()
-            throw error
+        let options = SubscriptionOptions(startPosition: start == "earliest" ? .earliest : .latest)
+        let (topic, readOptions) = (topic, readOptions)
+        let complete = try await transportOptions.withTransport { transport in
+            let subscription = try await transport.subscribe(to: topic, group: group, options: options)
+            FileHandle.standardError.write(Data("tailing \(topic) as group \(group)\n".utf8))
+            return try await MessagePrinter(options: readOptions).read(subscription, settle: .ack)
         }
-        FileHandle.standardError.write(Data("tailing \(topic) as group \(group)\n".utf8))
-        let complete = try await MessagePrinter(options: readOptions).read(subscription, settle: .ack)
-        try await transport.shutdown()
         if !complete { throw ToolExit.incomplete }
     }
 }
