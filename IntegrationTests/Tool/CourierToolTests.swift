@@ -135,6 +135,19 @@ struct CourierToolTests {
         #expect(help.status == 0 && help.output.contains("Examples"))
     }
 
+    @Test func benchReportsThroughputAndLatencyPercentiles() async throws {
+        for transport in ["memory://", RabbitMQBroker.url] {
+            let run = try await courier(["bench", "--rate", "500", "--duration", "1", "--publishers", "2", "--json"], transport: transport)
+            #expect(run.status == 0, "\(transport): \(run.errors)")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [String: Any], "JSON report: \(run.output)")
+            let latency = try #require(report["latencyMicroseconds"] as? [String: Any])
+            let messages = report["messages"] as? Int ?? 0
+            #expect((400...600).contains(messages), "about 500 messages at 500 msg/s for 1 s, got \(messages)")
+            #expect(latency["count"] as? Int == messages, "every message's latency recorded at a steady rate")
+            for key in ["p50", "p90", "p99", "p999", "max"] { #expect((latency[key] as? Int ?? 0) > 0, "\(key) in \(latency)") }
+        }
+    }
+
     @Test func theCommandsWorkOnKafkaAndMemory() async throws {
         let queue = unique("kafka")
         let kafka = KafkaBroker.url()

@@ -1,26 +1,39 @@
 import ArgumentParser
 import Courier
 import Foundation
+import Histogram
 import Synchronization
 
 /// A load generator: publishers and acking consumers on one topic and group, end to end.
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure end-to-end throughput: publishers → topic → group of acking consumers.",
+        abstract: "Measure throughput and end-to-end latency: publishers → topic → group of acking consumers.",
         discussion: """
-            Publishers and consumers run at once; throughput is messages acked per second from \
-            the first publish to the last ack.
+            Publishers and consumers run at once. Throughput is messages acked per second from \
+            the first publish to the last ack; latency runs from the moment a message was due \
+            to be published (so a slow publisher cannot hide delays) to its delivery, recorded \
+            in an HdrHistogram (p50, p90, p99, p99.9, max): every message with --rate, every \
+            64th at full speed. A progress line is shown every \
+            second on standard error (rewritten in place on a terminal).
 
             Examples:
               courier bench --messages 1000000 --size 256
               courier bench --publishers 4 --consumers 4 --json
+              courier bench --transport amqp://localhost --rate 1000 --duration 30
+              courier bench --phases --batch 50 --publishers 20 --prefetch 1000
             """
     )
 
     @OptionGroup var transportOptions: TransportOptions
 
-    @Option(help: "How many messages to publish in all.")
+    @Option(help: "How many messages to publish in all (ignored with --duration).")
     var messages: Int = 1_000_000
+
+    @Option(help: "Publish for this many seconds instead of a message count.")
+    var duration: Double?
+
+    @Option(help: "Publish at this steady rate, in messages per second over all publishers (default: as fast as confirms allow).")
+    var rate: Double?
 
     @Option(help: "Payload size in bytes.")
     var size: Int = 256
@@ -50,7 +63,13 @@ struct Bench: AsyncParsableCommand {
         guard messages >= 1, size >= 0, publishers >= 1, consumers >= 1, prefetch >= 1 else {
             throw ValidationError("--messages, --publishers, --consumers and --prefetch must be at least 1; --size at least 0")
         }
+        if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
+        if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+        if phases && (duration != nil || rate != nil) { throw ValidationError("--phases takes --messages, not --duration or --rate") }
     }
+
+    /// The header carrying when a message was due, in nanoseconds of this process's clock.
+    static let dueHeader = "courier-bench-due"
 
     func run() async throws {
         if phases { return try await runPhases() }
@@ -64,55 +83,146 @@ struct Bench: AsyncParsableCommand {
         let consumerSubscriptions = subscriptions
         let payload = [UInt8](repeating: 0x61, count: size)
         let acked = Counter()
-        let total = messages
+        let published = Counter()
+        let latencies = LatencyRecorder()
+        let (publisherCount, rate, limit) = (publishers, rate, duration.map { Duration.milliseconds(Int($0 * 1000)) })
+        let total = duration == nil ? messages : Int.max
         let clock = ContinuousClock()
         let start = clock.now
+        let progress = Task { await Self.showProgress(start: start, published: published, acked: acked, latencies: latencies) }
         let publishDone = try await withThrowingTaskGroup(of: Duration?.self) { group in
             for subscription in subscriptions {
                 group.addTask {
                     for try await delivery in subscription {
+                        if let due = delivery.envelope.headers[Self.dueHeader].flatMap(UInt64.init) {
+                            latencies.record(nanoseconds: DispatchTime.now().uptimeNanoseconds &- due)
+                        }
                         try await delivery.ack()
-                        if acked.increment() == total { await subscription.close() }
+                        _ = acked.increment()
                     }
                     return nil
                 }
             }
-            let publisherCount = publishers
             group.addTask {
-                try await withThrowingTaskGroup(of: Void.self) { publishing in
+                try await withThrowingTaskGroup(of: Void.self) { tasks in
                     for publisher in 0..<publisherCount {
-                        publishing.addTask {
-                            for _ in stride(from: publisher, to: total, by: publisherCount) {
-                                try await transport.publish(Envelope(payload: payload), to: topic)
+                        tasks.addTask {
+                            let interval = rate.map { Duration.nanoseconds(Int64(1e9 * Double(publisherCount) / $0)) }
+                            let begin = DispatchTime.now().uptimeNanoseconds
+                            var index = publisher
+                            var sent = 0
+                            while index < total {
+                                if let limit, clock.now - start >= limit { break }
+                                var due = DispatchTime.now().uptimeNanoseconds
+                                if let interval {
+                                    // Steady rate: each message has its due time; latency counts from it.
+                                    let (seconds, attoseconds) = interval.components
+                                    due = begin + UInt64(sent) * UInt64(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+                                    let now = DispatchTime.now().uptimeNanoseconds
+                                    if due > now { try await Task.sleep(for: .nanoseconds(Int64(due - now))) }
+                                }
+                                // At full speed every 64th message carries its due time (enough samples,
+                                // little cost); at a steady rate, every message does.
+                                let stamped = interval != nil || sent % 64 == 0
+                                let headers = stamped ? [Self.dueHeader: String(due)] : [:]
+                                try await transport.publish(Envelope(payload: payload, headers: headers), to: topic)
+                                _ = published.increment()
+                                sent += 1
+                                index += publisherCount
                             }
                         }
                     }
-                    try await publishing.waitForAll()
+                    try await tasks.waitForAll()
                 }
-                let published = clock.now - start
+                let publishTime = clock.now - start
                 // Every message is acked: close the consumers still waiting.
-                while acked.value < total { try await Task.sleep(for: .milliseconds(1)) }
+                let idleLimit = Duration.seconds(30)
+                var last = (acked.value, clock.now)
+                while acked.value < published.value {
+                    try await Task.sleep(for: .milliseconds(1))
+                    if acked.value != last.0 { last = (acked.value, clock.now) } else if clock.now - last.1 > idleLimit { break }
+                }
                 for subscription in consumerSubscriptions { await subscription.close() }
-                return published
+                return publishTime
             }
-            var published: Duration = .zero
+            var publishTime: Duration = .zero
             for try await result in group {
-                if let result { published = result }
+                if let result { publishTime = result }
             }
-            return published
+            return publishTime
         }
         let elapsed = clock.now - start
+        progress.cancel()
         try await transport.shutdown()
         let report = BenchReport(
             transport: (try? TransportURL(transportOptions.url).description) ?? "?",
-            messages: messages,
+            messages: acked.value,
             size: size,
             publishers: publishers,
             consumers: consumers,
+            rate: rate,
             publishSeconds: publishDone.seconds,
-            totalSeconds: elapsed.seconds
+            totalSeconds: elapsed.seconds,
+            latency: latencies.summary()
         )
         print(json ? report.json : report.text)
+        if acked.value < published.value {
+            throw CourierError(.timeout, "only \(acked.value) of \(published.value) published messages were delivered")
+        }
+    }
+
+    /// Prints a progress line every second on standard error until cancelled.
+    static func showProgress(start: ContinuousClock.Instant, published: Counter, acked: Counter, latencies: LatencyRecorder) async {
+        let terminal = isatty(STDERR_FILENO) != 0
+        var last = (acked.value, ContinuousClock.now)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            if Task.isCancelled { break }
+            let now = ContinuousClock.now
+            let rate = Double(acked.value - last.0) / (now - last.1).seconds
+            last = (acked.value, now)
+            let p99 = latencies.summary().p99
+            let line = String(format: "%7.1f s  %10d published  %10d acked  %9.0f msg/s  p99 %@", (now - start).seconds, published.value, acked.value, rate, LatencySummary.format(p99))
+            FileHandle.standardError.write(Data((terminal ? "\r" + line : line + "\n").utf8))
+        }
+        if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}
+
+/// End-to-end latencies from concurrent consumers, in an HdrHistogram (1 µs to 1 h, 3 digits).
+final class LatencyRecorder: Sendable {
+    private let histogram = Mutex(Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three))
+
+    func record(nanoseconds: UInt64) {
+        let microseconds = max(1, min(nanoseconds / 1000, 3_600_000_000))
+        histogram.withLock { _ = $0.record(microseconds) }
+    }
+
+    func summary() -> LatencySummary {
+        histogram.withLock { histogram in
+            LatencySummary(
+                count: Int(histogram.totalCount),
+                p50: histogram.valueAtPercentile(50),
+                p90: histogram.valueAtPercentile(90),
+                p99: histogram.valueAtPercentile(99),
+                p999: histogram.valueAtPercentile(99.9),
+                max: histogram.totalCount == 0 ? 0 : histogram.max
+            )
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+struct LatencySummary: Codable {
+    var count: Int
+    var p50: UInt64, p90: UInt64, p99: UInt64, p999: UInt64, max: UInt64
+
+    static func format(_ microseconds: UInt64) -> String {
+        microseconds >= 10_000 ? String(format: "%.1f ms", Double(microseconds) / 1000) : String(format: "%.3f ms", Double(microseconds) / 1000)
+    }
+
+    var text: String {
+        "p50 \(Self.format(p50))  p90 \(Self.format(p90))  p99 \(Self.format(p99))  p99.9 \(Self.format(p999))  max \(Self.format(max))"
     }
 }
 
@@ -122,36 +232,40 @@ struct BenchReport: Codable {
     var size: Int
     var publishers: Int
     var consumers: Int
+    var rate: Double?
     var publishSeconds: Double
     var totalSeconds: Double
+    var latency: LatencySummary
     var messagesPerSecond: Double { Double(messages) / totalSeconds }
     var publishedPerSecond: Double { Double(messages) / publishSeconds }
 
     var text: String {
         """
         courier bench — \(transport)
-          \(messages) messages of \(size) bytes, \(publishers) publisher(s), \(consumers) consumer(s) acking each
+          \(messages) messages of \(size) bytes, \(publishers) publisher(s)\(rate.map { " at \(Int($0)) msg/s" } ?? ""), \(consumers) consumer(s) acking each
           published in \(String(format: "%.3f", publishSeconds)) s   \(Int(publishedPerSecond)) msg/s
           end to end    \(String(format: "%.3f", totalSeconds)) s   \(Int(messagesPerSecond)) msg/s (published and acked)
+          latency       \(latency.text)
         """
     }
 
     var json: String {
         struct Output: Codable {
-            var transport: String, messages: Int, size: Int, publishers: Int, consumers: Int
+            var transport: String, messages: Int, size: Int, publishers: Int, consumers: Int, rate: Double?
             var publishSeconds: Double, totalSeconds: Double, publishedPerSecond: Double, messagesPerSecond: Double
+            var latencyMicroseconds: LatencySummary
         }
         let output = Output(
-            transport: transport, messages: messages, size: size, publishers: publishers, consumers: consumers,
+            transport: transport, messages: messages, size: size, publishers: publishers, consumers: consumers, rate: rate,
             publishSeconds: publishSeconds, totalSeconds: totalSeconds,
-            publishedPerSecond: publishedPerSecond, messagesPerSecond: messagesPerSecond
+            publishedPerSecond: publishedPerSecond, messagesPerSecond: messagesPerSecond,
+            latencyMicroseconds: latency
         )
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return String(decoding: try! encoder.encode(output), as: UTF8.self)
     }
 }
-
 
 /// A counter shared by concurrent tasks.
 final class Counter: Sendable {
