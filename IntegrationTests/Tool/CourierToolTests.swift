@@ -148,6 +148,25 @@ struct CourierToolTests {
         }
     }
 
+    @Test func topologyPrintsWhatWouldBeDeclaredWithoutConnecting() async throws {
+        // Port 1: nothing listens there, and topology never connects.
+        let rabbit = try await courier(["topology", "--topic", "customers", "--group", "audit"], transport: "amqp://127.0.0.1:1/?queue_type=quorum")
+        #expect(rabbit.status == 0, "\(rabbit.errors)")
+        #expect(rabbit.output.contains("exchange customers (fanout, durable)"))
+        #expect(rabbit.output.contains("queue customers.audit (durable, x-queue-type=quorum)"))
+        #expect(rabbit.output.contains("binding customers -> customers.audit"))
+        #expect(rabbit.output.contains("queue customers.audit.dead-letter"))
+        let kafka = try await courier(["topology", "--queue", "create-customer"], transport: "kafka://127.0.0.1:1?partitions=12&retry_topics=true")
+        #expect(kafka.status == 0, "\(kafka.errors)")
+        #expect(kafka.output.contains("topic create-customer (created with 12 partitions"))
+        #expect(kafka.output.contains("consumer group create-customer (shared by every consumer"))
+        #expect(kafka.output.contains("topic create-customer.retry") && kafka.output.contains("topic create-customer.dead-letter"))
+        let memory = try await courier(["topology", "--queue", "q"], transport: "memory://")
+        #expect(memory.status == 0 && memory.output.contains("in-process queue q"))
+        let bad = try await courier(["topology", "--queue", "bad name"], transport: "memory://")
+        #expect(bad.status == 1 && bad.errors.contains("invalidName"))
+    }
+
     @Test func theCommandsWorkOnKafkaAndMemory() async throws {
         let queue = unique("kafka")
         let kafka = KafkaBroker.url()

@@ -21,7 +21,7 @@ struct CourierCommand: AsyncParsableCommand {
               courier tail customers --transport kafka://localhost:9092
               courier bench --messages 1000000 --size 256 --publishers 4 --consumers 4
             """,
-        subcommands: [Demo.self, Publish.self, Send.self, Consume.self, Tail.self, Bench.self]
+        subcommands: [Demo.self, Publish.self, Send.self, Consume.self, Tail.self, Topology.self, Bench.self]
     )
 }
 

@@ -27,6 +27,27 @@ public struct KafkaTopology: Sendable {
 
     /// The documented defaults.
     public init() {}
+
+    /// What reading `origin` uses on the cluster with `settings`: topics (created as
+    /// ``KafkaSettings/topicCreation`` says) and the consumer group.
+    public func declarations(for origin: DeliveryOrigin, settings: KafkaSettings) -> [String] {
+        let partitions: String
+        switch settings.topicCreation {
+        case .admin: partitions = "created with \(settings.partitions) partitions, replication factor \(settings.replicationFactor < 0 ? "of the broker" : String(settings.replicationFactor))"
+        case .auto: partitions = "created by the broker on first use, with its default partitions"
+        case .off: partitions = "must exist (create_topics=off)"
+        }
+        var lines = ["topic \(origin.destination) (\(partitions))"]
+        switch origin {
+        case .topic(let topic, let group):
+            lines.append("consumer group \(groupID(topic, group)) (new groups start at the subscription's start position)")
+        case .queue(let queue):
+            lines.append("consumer group \(queueGroupID(queue)) (shared by every consumer; starts at the earliest offset)")
+        }
+        if settings.retryTopics { lines.append("topic \(retryTopic(origin)) (\(partitions)), read by the same group: nacked messages") }
+        lines.append("topic \(deadLetterTopic(origin)) (\(partitions)), on the first dead letter")
+        return lines
+    }
 }
 
 /// A ``Transport`` over Apache Kafka, through librdkafka.

@@ -51,6 +51,29 @@ public struct RabbitMQTopology: Sendable {
 
     // MARK: Declarations (on the connection's thread)
 
+    /// The arguments of every group, command and dead-letter queue Courier declares.
+    public var queueArguments: [String: String] { ["x-queue-type": queueType.rawValue] }
+
+    /// What reading `origin` declares on the broker (all durable), in order: for a group the
+    /// fanout exchange, the group's queue and its binding; for a queue the queue. Dead-letter
+    /// and delay queues come on first use (``deadLetterQueue``, ``delayQueue``).
+    public func declarations(for origin: DeliveryOrigin) -> [String] {
+        let arguments = queueArguments.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")
+        var lines: [String] = []
+        if case .topic(let topic, let group) = origin {
+            lines.append("exchange \(exchange(topic)) (fanout, durable)")
+            lines.append("queue \(groupQueue(topic, group)) (durable, \(arguments))")
+            lines.append("binding \(exchange(topic)) -> \(groupQueue(topic, group))")
+        } else {
+            lines.append("queue \(queue(for: origin)) (durable, \(arguments)), declared by senders and consumers")
+        }
+        lines.append("queue \(deadLetterQueue(origin)) (durable, \(arguments)), on the first dead letter")
+        lines.append(
+            "queue \(delayQueue(queue(for: origin), 0).replacingOccurrences(of: "0ms", with: "<ms>ms")) (durable, x-queue-type=classic, x-message-ttl=<ms>, x-dead-letter-exchange=\"\", x-dead-letter-routing-key=\(queue(for: origin)), x-expires=<ms>+300000), per nack delay, rounded up to 2 significant digits"
+        )
+        return lines
+    }
+
     func declareExchange(_ name: String, on connection: AMQPConnection, channel: UInt16) throws(CourierError) {
         try connection.declareOnce("exchange:\(name)", channel: channel) { state throws(CourierError) in
             AMQPCodec.withBytes(name) { exchange in
@@ -64,7 +87,8 @@ public struct RabbitMQTopology: Sendable {
 
     func declareQueue(_ name: String, on connection: AMQPConnection, channel: UInt16) throws(CourierError) {
         try connection.declareOnce("queue:\(name)", channel: channel) { state throws(CourierError) in
-            try declare(queue: name, arguments: [("x-queue-type", .string(queueType.rawValue))], state: state, connection: connection, channel: channel)
+            let arguments = queueArguments.sorted { $0.key < $1.key }.map { ($0.key, AMQPCodec.Argument.string($0.value)) }
+            try declare(queue: name, arguments: arguments, state: state, connection: connection, channel: channel)
         }
     }
 
