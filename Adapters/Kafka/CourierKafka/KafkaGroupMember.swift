@@ -341,21 +341,30 @@ final class KafkaGroupMember: @unchecked Sendable {
 
     /// Marks `pending` settled: its offset may be committed, its key is free.
     private func settled(_ pending: Pending) {
-        let (served, wake) = state.withLock { state -> ([(Waiter, Delivery)], Bool) in
-            guard pending.epoch == state.epoch else { return ([], false) }
-            state.tracks[pending.position]?.settle(pending.offset)
-            state.gate.release(key: pending.envelope.key)
-            state.unsettled -= 1
-            let wake = state.pauseRequested && state.unsettled <= state.limit / 2
-            return (state.serve(), wake)
-        }
+        let (served, wake) = state.withLock { state in Self.settle(pending, in: &state) }
         for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
         if wake { rd_kafka_queue_yield(queue) }
     }
 
+    /// Marks `pending` settled in `state`; returns the waiters to serve and whether the paused
+    /// member's thread should wake.
+    private static func settle(_ pending: Pending, in state: inout State) -> ([(Waiter, Delivery)], Bool) {
+        guard pending.epoch == state.epoch else { return ([], false) }
+        state.tracks[pending.position]?.settle(pending.offset)
+        state.gate.release(key: pending.envelope.key)
+        state.unsettled -= 1
+        let wake = state.pauseRequested && state.unsettled <= state.limit / 2
+        return (state.waiters.isEmpty ? [] : state.serve(), wake)
+    }
+
+    /// Takes and settles `tag` under one lock (the hot path of every ack).
     func ack(tag: UInt64) throws(CourierError) {
-        guard let taken = try take(tag) else { return }
-        settled(taken.pending)
+        let (served, wake) = try state.withLock { state throws(CourierError) -> ([(Waiter, Delivery)], Bool) in
+            guard let taken = state.taken.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
+            return Self.settle(taken.pending, in: &state)
+        }
+        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        if wake { rd_kafka_queue_yield(queue) }
     }
 
     func nack(tag: UInt64, delay: Duration) async throws {
