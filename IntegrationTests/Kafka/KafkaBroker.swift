@@ -16,7 +16,9 @@ enum KafkaBroker {
     }()
 
     /// The URL of the cluster under test, with `options` appended.
-    static func url(_ options: String...) -> String {
+    static func url(_ options: String...) -> String { url(options) }
+
+    static func url(_ options: [String]) -> String {
         if let brokers = ProcessInfo.processInfo.environment["COURIER_KAFKA_BROKERS"] {
             return "kafka://\(brokers)" + (options.isEmpty ? "" : "?" + options.joined(separator: "&"))
         }
@@ -26,16 +28,7 @@ enum KafkaBroker {
     /// A new transport client of the cluster under test; `options` are URL options
     /// (`retry_topics=true`, `rdkafka.debug=cgrp`).
     static func connect(_ options: String...) async throws -> KafkaTransport {
-        var configuration = try KafkaTransport.Configuration(url: url())
-        for option in options {
-            let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
-            if parts[0] == "retry_topics" {
-                configuration.settings.retryTopics = parts[1] == "true"
-            } else {
-                configuration.settings.properties[String(parts[0].dropFirst("rdkafka.".count))] = parts[1]
-            }
-        }
-        return try await KafkaTransport.connect(configuration)
+        try await KafkaTransport.connect(url(options))
     }
 
     /// Restarts every broker of the mock cluster: down, a pause, up. `nil` for a real cluster.

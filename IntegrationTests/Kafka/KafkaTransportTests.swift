@@ -79,6 +79,17 @@ struct KafkaTransportTests {
         #expect(missing.isEmpty, "\(name): \(missing.count) confirmed messages lost, e.g. \(missing.prefix(5))")
     }
 
+    /// The README's KafkaTransport snippet, on the cluster under test instead of localhost.
+    @Test func theReadmeExampleRuns() async throws {
+        let transport = try await KafkaTransport.connect(KafkaBroker.url())
+        let greetings = try await transport.subscribe(to: "greetings", group: unique("readme"))
+        let hello = Envelope(payload: Array("hello".utf8))
+        try await transport.publish(hello, to: "greetings")
+        let arrived = try await collect([greetings], expecting: [hello.id])
+        #expect(arrived.contains(hello.id))
+        try await transport.shutdown()
+    }
+
     // MARK: Errors that must be clear and fast
 
     @Test func unreachableBootstrapServersFailFastWithATypedError() async throws {
