@@ -13,18 +13,28 @@ let package = Package(
         .library(name: "CourierConformance", targets: ["CourierConformance"]),
         .library(name: "CourierRabbitMQ", targets: ["CourierRabbitMQ"]),
         .library(name: "CourierKafka", targets: ["CourierKafka"]),
+        .library(name: "CourierTransports", targets: ["CourierTransports"]),
         .executable(name: "courier", targets: ["courier"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-configuration.git", from: "1.0.0"),
     ],
     targets: [
         .target(
             name: "Courier",
             dependencies: [
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strictness
         ),
@@ -64,12 +74,23 @@ let package = Package(
             path: "Adapters/Kafka/CourierKafka",
             swiftSettings: strictness
         ),
+        .target(
+            name: "CourierTransports",
+            dependencies: [
+                "Courier",
+                "CourierRabbitMQ",
+                "CourierKafka",
+                .product(name: "Configuration", package: "swift-configuration"),
+            ],
+            swiftSettings: strictness
+        ),
         .executableTarget(
             name: "courier",
             dependencies: [
                 "Courier",
                 "CourierRabbitMQ",
                 "CourierKafka",
+                "CourierTransports",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
@@ -77,7 +98,14 @@ let package = Package(
         ),
         .testTarget(
             name: "CourierTests",
-            dependencies: ["Courier"],
+            dependencies: [
+                "Courier",
+                "CourierTransports",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Configuration", package: "swift-configuration"),
+            ],
             swiftSettings: strictness
         ),
         .testTarget(
@@ -87,7 +115,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CourierIntegrationTests",
-            dependencies: ["Courier", "CourierConformance", "CourierRabbitMQ", "CourierKafka"],
+            dependencies: ["Courier", "CourierConformance", "CourierRabbitMQ", "CourierKafka", "CourierTransports"],
             path: "IntegrationTests",
             exclude: ["README.md"],
             swiftSettings: strictness

@@ -11,7 +11,7 @@ public struct CourierError: Error, Sendable, CustomStringConvertible {
             case invalidName, invalidURL, unsupportedTransport, unsupportedCapability
             case payloadTooLarge, queueFull, transportClosed, subscriptionClosed
             case deliveryAlreadySettled, unreachable, authenticationFailed, notConfirmed
-            case brokerRejected, timeout, invalidConfiguration, decodingFailed, handlerFailed, notFound
+            case brokerRejected, timeout, invalidConfiguration, decodingFailed, encodingFailed, handlerFailed, notFound
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -48,6 +48,8 @@ public struct CourierError: Error, Sendable, CustomStringConvertible {
         public static let invalidConfiguration = Code(.invalidConfiguration)
         /// A payload could not be decoded into the expected type.
         public static let decodingFailed = Code(.decodingFailed)
+        /// A message could not be encoded by the bus's serializer.
+        public static let encodingFailed = Code(.encodingFailed)
         /// A message handler threw.
         public static let handlerFailed = Code(.handlerFailed)
         /// A topic or queue does not exist on the broker and the configuration does not let

@@ -9,8 +9,9 @@ public protocol DeliverySettler: Sendable {
     /// Returns the message for redelivery with attempt + 1, after `delay`; past the
     /// subscription's ``SubscriptionOptions/maxDeliveryAttempts`` it is dead-lettered instead.
     func nack(tag: UInt64, delay: Duration) async throws
-    /// Moves the message to its dead-letter queue with `reason`.
-    func deadLetter(tag: UInt64, reason: String) async throws
+    /// Moves the message to its dead-letter queue with `reason`, adding `headers` to the dead
+    /// letter (such as ``CourierHeader/errorType``; the dead-letter headers themselves win).
+    func deadLetter(tag: UInt64, reason: String, headers: [String: String]) async throws
 }
 
 /// A message handed to a consumer, to be settled exactly once with ``ack()``,
@@ -56,7 +57,10 @@ public struct Delivery: Sendable {
     /// Moves the message to the dead-letter queue of its origin, with `reason`, the attempt
     /// count and the origin in headers (``CourierHeader/deadLetterReason`` and friends). No
     /// consumer of the group or queue sees it again.
-    public func deadLetter(reason: String) async throws {
-        try await settler.deadLetter(tag: tag, reason: reason)
+    ///
+    /// `headers` are added to the dead letter, for example the failing handler's error
+    /// (``CourierHeader/errorType``, ``CourierHeader/errorMessage``).
+    public func deadLetter(reason: String, headers: [String: String] = [:]) async throws {
+        try await settler.deadLetter(tag: tag, reason: reason, headers: headers)
     }
 }

@@ -90,9 +90,13 @@ public enum WireFormat {
     }
 
     /// `envelope` as a dead letter: the same id and payload, with reason, origin, attempts and
-    /// time in ``CourierHeader`` dead-letter headers.
-    public static func deadLetter(_ envelope: Envelope, reason: String, origin: DeliveryOrigin, attempts: Int) -> Envelope {
+    /// time in ``CourierHeader`` dead-letter headers, plus `extra` headers (which cannot
+    /// override the dead-letter headers).
+    public static func deadLetter(
+        _ envelope: Envelope, reason: String, origin: DeliveryOrigin, attempts: Int, extra: [String: String] = [:]
+    ) -> Envelope {
         var envelope = envelope
+        envelope.headers.merge(extra) { _, new in new }
         envelope.headers[CourierHeader.deadLetterReason] = reason
         envelope.headers[CourierHeader.deadLetterOriginKind] = origin.kind
         envelope.headers[CourierHeader.deadLetterOrigin] = origin.destination

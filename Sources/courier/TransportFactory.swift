@@ -1,19 +1,11 @@
 import Courier
-import CourierKafka
-import CourierRabbitMQ
+import CourierTransports
 import Foundation
 
 /// Turns a transport URL into a connected transport, for every transport linked into the tool.
 enum TransportFactory {
     static func connect(_ url: String) async throws -> any Transport {
-        switch try TransportURL(url) {
-        case .memory(let settings):
-            return try settings.makeTransport()
-        case .amqp(let settings):
-            return try await RabbitMQTransport.connect(.init(settings: settings))
-        case .kafka(let settings):
-            return try await KafkaTransport.connect(.init(settings: settings))
-        }
+        try await Transports.connect(url)
     }
 }
 

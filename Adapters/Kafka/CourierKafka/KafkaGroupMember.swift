@@ -370,7 +370,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     func nack(tag: UInt64, delay: Duration) async throws {
         guard let taken = try take(tag) else { return }
         guard taken.pending.attempt < options.maxDeliveryAttempts else {
-            try await deadLetter(taken, tag: tag, reason: "delivery attempts exhausted: \(taken.pending.attempt) of \(options.maxDeliveryAttempts)")
+            try await deadLetter(taken, tag: tag, reason: "delivery attempts exhausted: \(taken.pending.attempt) of \(options.maxDeliveryAttempts)", headers: [:])
             return
         }
         var again = taken.pending
@@ -416,16 +416,16 @@ final class KafkaGroupMember: @unchecked Sendable {
         for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
     }
 
-    func deadLetter(tag: UInt64, reason: String) async throws {
+    func deadLetter(tag: UInt64, reason: String, headers: [String: String]) async throws {
         guard let taken = try take(tag) else { return }
-        try await deadLetter(taken, tag: tag, reason: reason)
+        try await deadLetter(taken, tag: tag, reason: reason, headers: headers)
     }
 
     /// Publishes `pending` to the dead-letter topic, then settles it; if the dead-letter topic
     /// refuses it, the delivery stays unsettled (it can be settled again) and the error is thrown.
-    private func deadLetter(_ taken: Taken, tag: UInt64, reason: String) async throws {
+    private func deadLetter(_ taken: Taken, tag: UInt64, reason: String, headers: [String: String]) async throws {
         let pending = taken.pending
-        let letter = WireFormat.deadLetter(pending.envelope, reason: reason, origin: origin, attempts: pending.attempt)
+        let letter = WireFormat.deadLetter(pending.envelope, reason: reason, origin: origin, attempts: pending.attempt, extra: headers)
         do {
             try await producer.ensureTopic(deadLetterTopic, timeout: timeout)
             try await producer.produce([letter], to: deadLetterTopic)
@@ -751,5 +751,7 @@ final class KafkaSubscription: DeliverySource, DeliverySettler {
     func close() async { await member.detach(self) }
     func ack(tag: UInt64) async throws { try member.ack(tag: tag) }
     func nack(tag: UInt64, delay: Duration) async throws { try await member.nack(tag: tag, delay: delay) }
-    func deadLetter(tag: UInt64, reason: String) async throws { try await member.deadLetter(tag: tag, reason: reason) }
+    func deadLetter(tag: UInt64, reason: String, headers: [String: String]) async throws {
+        try await member.deadLetter(tag: tag, reason: reason, headers: headers)
+    }
 }

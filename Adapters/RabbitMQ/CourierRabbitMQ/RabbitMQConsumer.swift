@@ -232,7 +232,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         // A delivery of a lost channel comes again from the broker: nothing to do.
         guard let outstanding = try peek(tag) else { return }
         if outstanding.attempt >= options.maxDeliveryAttempts {
-            try await deadLetter(tag: tag, reason: "delivery attempts exhausted: \(outstanding.attempt) of \(options.maxDeliveryAttempts)")
+            try await deadLetter(tag: tag, reason: "delivery attempts exhausted: \(outstanding.attempt) of \(options.maxDeliveryAttempts)", headers: [:])
             return
         }
         // The copy is confirmed before the original is acked: a crash in between duplicates,
@@ -241,9 +241,9 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         try await ack(tag: tag)
     }
 
-    func deadLetter(tag: UInt64, reason: String) async throws {
+    func deadLetter(tag: UInt64, reason: String, headers: [String: String]) async throws {
         guard let outstanding = try peek(tag) else { return }
-        try await transport.deadLetter(outstanding.envelope, reason: reason, origin: origin, attempts: outstanding.attempt)
+        try await transport.deadLetter(outstanding.envelope, reason: reason, origin: origin, attempts: outstanding.attempt, headers: headers)
         try await ack(tag: tag)
     }
 }

@@ -254,8 +254,8 @@ public final class RabbitMQTransport: Transport {
     }
 
     /// Publishes `envelope` as a dead letter of `origin`; returns once confirmed.
-    func deadLetter(_ envelope: Envelope, reason: String, origin: DeliveryOrigin, attempts: Int) async throws {
-        let letter = WireFormat.deadLetter(envelope, reason: reason, origin: origin, attempts: attempts)
+    func deadLetter(_ envelope: Envelope, reason: String, origin: DeliveryOrigin, attempts: Int, headers: [String: String]) async throws {
+        let letter = WireFormat.deadLetter(envelope, reason: reason, origin: origin, attempts: attempts, extra: headers)
         try await publish([letter], toQueue: topology.deadLetterQueue(origin))
     }
 }

@@ -303,19 +303,19 @@ final class InMemoryQueue: DeliverySettler {
         for wake in wakes { wake.resume() }
     }
 
-    func deadLetter(tag: UInt64, reason: String) async throws {
+    func deadLetter(tag: UInt64, reason: String, headers: [String: String]) async throws {
         let message: StoredMessage = try state.withLock { state in
             guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
             state.consumers[inFlight.consumer]?.inFlight -= 1
             return inFlight.message
         }
-        try await moveToDeadLetters(message, reason: reason)
+        try await moveToDeadLetters(message, reason: reason, headers: headers)
     }
 
     /// Stores the message in the dead-letter queue first, then drops it here: if the
     /// dead-letter queue refuses it, the message is returned for redelivery, never lost.
-    private func moveToDeadLetters(_ message: StoredMessage, reason: String) async throws {
-        let envelope = WireFormat.deadLetter(message.envelope, reason: reason, origin: origin, attempts: message.attempt)
+    private func moveToDeadLetters(_ message: StoredMessage, reason: String, headers: [String: String] = [:]) async throws {
+        let envelope = WireFormat.deadLetter(message.envelope, reason: reason, origin: origin, attempts: message.attempt, extra: headers)
         do {
             let deadLetters = try broker.queue(named: origin.defaultDeadLetterQueue)
             try await deadLetters.enqueue(StoredMessage(envelope: envelope, attempt: 1))

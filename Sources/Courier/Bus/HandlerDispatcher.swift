@@ -1,0 +1,184 @@
+import DequeModule
+import Logging
+import Synchronization
+
+/// Runs one handler registration: takes deliveries from its subscription and hands each to
+/// `process`, at most `concurrency` at once, never two with the same key at once and each
+/// key in arrival order.
+///
+/// A slot is taken before a delivery is taken from the subscription, so the registration
+/// never holds more than `concurrency` deliveries (running or waiting behind their key).
+/// Stopping ends intake (the subscription's `next()` is cancelled), lets running handlers
+/// finish until a deadline, then closes the subscription: whatever is still unsettled (a
+/// handler past the deadline, a delivery waiting behind its key) goes back to the broker.
+final class HandlerDispatcher: Sendable {
+    private let subscription: Subscription
+    private let concurrency: Int
+    private let logger: Logger
+    private let process: @Sendable (Delivery) async -> Void
+
+    private struct State {
+        var free: Int
+        var slotWaiter: UnsafeContinuation<Bool, Never>?
+        /// Keys being handled, each with the deliveries waiting behind it.
+        var busyKeys: [String: Deque<Delivery>] = [:]
+        var running: [Int: Task<Void, Never>] = [:]
+        var nextWorker = 0
+        var stopping = false
+        var intake: Task<Void, Never>?
+        var intakeEnded = false
+        var failure: (any Error)?
+    }
+    private let state: Mutex<State>
+
+    init(subscription: Subscription, concurrency: Int, logger: Logger, process: @escaping @Sendable (Delivery) async -> Void) {
+        self.subscription = subscription
+        self.concurrency = concurrency
+        self.logger = logger
+        self.process = process
+        self.state = Mutex(State(free: concurrency))
+    }
+
+    func start() {
+        state.withLock { state in
+            state.intake = Task { [self] in await runIntake() }
+        }
+    }
+
+    /// The error that ended intake, if the subscription failed.
+    var failure: (any Error)? { state.withLock { $0.failure } }
+
+    /// How many handlers are running.
+    var runningCount: Int { state.withLock { $0.running.count } }
+
+    private func runIntake() async {
+        var iterator = subscription.makeAsyncIterator()
+        while await acquireSlot() {
+            let delivery: Delivery?
+            do {
+                delivery = try await iterator.next()
+            } catch {
+                releaseSlot()
+                if !Task.isCancelled {
+                    logger.error("subscription failed; this handler takes no more messages", metadata: ["courier-error": "\(error)"])
+                    state.withLock { $0.failure = error }
+                }
+                break
+            }
+            guard let delivery else {
+                releaseSlot()
+                break
+            }
+            dispatch(delivery)
+        }
+        state.withLock { $0.intakeEnded = true }
+    }
+
+    private func acquireSlot() async -> Bool {
+        let fast: Bool? = state.withLock { state in
+            if state.stopping || Task.isCancelled { return false }
+            if state.free > 0 {
+                state.free -= 1
+                return true
+            }
+            return nil
+        }
+        if let fast { return fast }
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+                let immediate: Bool? = state.withLock { state in
+                    if state.stopping || Task.isCancelled { return false }
+                    if state.free > 0 {
+                        state.free -= 1
+                        return true
+                    }
+                    state.slotWaiter = continuation
+                    return nil
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            state.withLock { state in
+                defer { state.slotWaiter = nil }
+                return state.slotWaiter
+            }?.resume(returning: false)
+        }
+    }
+
+    private func releaseSlot() {
+        let waiter = state.withLock { state -> UnsafeContinuation<Bool, Never>? in
+            if let waiter = state.slotWaiter {
+                state.slotWaiter = nil
+                return waiter  // the slot passes straight to the intake
+            }
+            state.free += 1
+            return nil
+        }
+        waiter?.resume(returning: true)
+    }
+
+    private func dispatch(_ delivery: Delivery) {
+        let key = delivery.envelope.key
+        state.withLock { state in
+            if let key {
+                if state.busyKeys[key] != nil {
+                    state.busyKeys[key]!.append(delivery)
+                    return
+                }
+                state.busyKeys[key] = []
+            }
+            let worker = state.nextWorker
+            state.nextWorker += 1
+            // Created under the lock, so the worker cannot finish (and deregister) before it
+            // is registered.
+            state.running[worker] = Task { [self] in await work(worker, first: delivery, key: key) }
+        }
+    }
+
+    /// Handles `first`, then whatever queued up behind its key.
+    private func work(_ worker: Int, first: Delivery, key: String?) async {
+        var current = first
+        while true {
+            await process(current)
+            let next = state.withLock { state -> Delivery? in
+                guard let key else { return nil }
+                if !state.stopping, let waiting = state.busyKeys[key]?.popFirst() { return waiting }
+                // Stopping: deliveries still waiting stay unsettled; closing the subscription
+                // returns them to the broker.
+                state.busyKeys[key] = nil
+                return nil
+            }
+            releaseSlot()
+            guard let next else { break }
+            current = next
+        }
+        _ = state.withLock { $0.running.removeValue(forKey: worker) }
+    }
+
+    /// Stops intake, waits up to `deadline` for running handlers, then closes the
+    /// subscription (returning anything unsettled) and cancels handlers still running.
+    /// Returns how many handlers were still running at the deadline.
+    @discardableResult
+    func stop(deadline: Duration) async -> Int {
+        let intake = state.withLock { state in
+            state.stopping = true
+            return state.intake
+        }
+        let waiter = state.withLock { state in
+            defer { state.slotWaiter = nil }
+            return state.slotWaiter
+        }
+        waiter?.resume(returning: false)
+        intake?.cancel()
+        await intake?.value
+        let end = ContinuousClock.now + deadline
+        while runningCount > 0 && ContinuousClock.now < end && !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        let late = state.withLock { Array($0.running.values) }
+        await subscription.close()
+        for task in late { task.cancel() }
+        for task in late { await task.value }
+        return late.count
+    }
+}

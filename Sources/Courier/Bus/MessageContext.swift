@@ -1,0 +1,83 @@
+import Logging
+
+/// What a handler knows about the message it handles, and how it publishes and sends
+/// follow-up messages as part of the same conversation.
+///
+/// Messages published or sent through the context, or through the bus from inside the
+/// handler, carry the incoming message's correlation id (or its id, for the first message
+/// of a conversation) in ``CourierHeader/correlationID`` and the incoming message's id in
+/// ``CourierHeader/causationID``, and continue the incoming message's trace.
+public struct MessageContext: Sendable {
+    /// The incoming message: id, headers, key, timestamp and raw payload.
+    public let envelope: Envelope
+    /// The delivery attempt: 1 on first delivery, +1 per delayed retry.
+    public let attempt: Int
+    /// The immediate retry within this delivery: 0 on the first call.
+    public let immediateRetry: Int
+    /// The topic and group, or queue, the message came from.
+    public let origin: DeliveryOrigin
+    /// A logger with the message's metadata: `courier-message-id`, `courier-message-type`,
+    /// `courier-origin`, `courier-attempt` and `courier-correlation-id`.
+    public var logger: Logger
+    let bus: MessageBus
+
+    /// The incoming message's id.
+    public var messageID: String { envelope.id }
+    /// The incoming message's headers.
+    public var headers: [String: String] { envelope.headers }
+    /// The conversation's id: the incoming correlation id, or the incoming id when it starts
+    /// the conversation.
+    public var correlationID: String { envelope.correlationID ?? envelope.id }
+
+    /// The context of the message the current task is handling, if any.
+    @TaskLocal public static var current: MessageContext?
+
+    /// Publishes `event` as a consequence of the incoming message.
+    public func publish<E: IntegrationEvent>(_ event: E, key: String? = nil, headers: [String: String] = [:]) async throws {
+        try await bus.deliver([.publish(event, key: key, headers: headers)], causedBy: self)
+    }
+
+    /// Sends `command` as a consequence of the incoming message.
+    public func send<C: IntegrationCommand>(_ command: C, key: String? = nil, headers: [String: String] = [:]) async throws {
+        try await bus.deliver([.send(command, key: key, headers: headers)], causedBy: self)
+    }
+
+    /// Publishes and sends `messages` in order as a consequence of the incoming message,
+    /// returning once the transport confirmed all of them.
+    public func deliver(_ messages: [OutgoingMessage]) async throws {
+        try await bus.deliver(messages, causedBy: self)
+    }
+}
+
+/// An event to publish or a command to send, for ``MessageContext/deliver(_:)`` and
+/// ``MessageBus/transform(_:group:options:_:)``.
+public struct OutgoingMessage: Sendable {
+    enum Kind: String, Sendable { case event, command }
+    let kind: Kind
+    let destination: String
+    let type: String
+    let key: String?
+    let headers: [String: String]
+    let encode: @Sendable (any MessageSerializer) throws -> [UInt8]
+
+    /// `event`, to be published to its topic.
+    public static func publish<E: IntegrationEvent>(_ event: E, key: String? = nil, headers: [String: String] = [:]) -> OutgoingMessage {
+        OutgoingMessage(
+            kind: .event, destination: E.topic, type: E.messageType, key: key ?? event.messageKey, headers: headers,
+            encode: { try $0.encode(event) }
+        )
+    }
+
+    /// `command`, to be sent to its queue.
+    public static func send<C: IntegrationCommand>(_ command: C, key: String? = nil, headers: [String: String] = [:]) -> OutgoingMessage {
+        OutgoingMessage(
+            kind: .command, destination: C.queue, type: C.messageType, key: key ?? command.messageKey, headers: headers,
+            encode: { try $0.encode(command) }
+        )
+    }
+}
+
+/// An error a handler throws to skip the retries: the message goes to the dead-letter queue
+/// at once, with the error in its headers. For failures that cannot heal, such as a
+/// business rule the message breaks.
+public protocol NonRetriableError: Error {}
