@@ -313,7 +313,7 @@ public final class MessageBus: Sendable {
         let handling = Handling<M>(
             bus: self,
             policy: policy,
-            scope: subscription.origin.description,
+            scope: subscription.origin.group.map { "\(subscription.origin.destination)/\($0)" } ?? subscription.origin.destination,
             deduplication: options.deduplicate ? configuration.deduplication : nil,
             metrics: HandlerMetrics(destination: subscription.origin.destination, group: group, type: M.messageType, factory: metricsFactory),
             logger: logger,
