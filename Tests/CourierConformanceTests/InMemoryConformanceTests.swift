@@ -36,3 +36,17 @@ struct ConformanceReadmeTests {
         #expect(reports.filter(\.isSkipped).map(\.scenario) == [.reconnect])
     }
 }
+
+/// The bus scenarios on the in-memory transport.
+@Suite("Bus conformance: InMemoryTransport")
+struct InMemoryBusConformanceTests {
+    static let broker = try! InMemoryBroker()
+    static let bus = BusConformance { InMemoryTransport(broker: broker) }
+
+    @Test("bus scenario", arguments: BusScenario.allCases)
+    func scenario(_ scenario: BusScenario) async throws {
+        let (line, failure) = try await Self.bus.outcome(of: scenario)
+        print("[bus memory] \(line)")
+        if let failure { Issue.record("\(failure)") }
+    }
+}
