@@ -69,6 +69,17 @@ struct CourierToolTests {
 
     private func unique(_ name: String) -> String { "tool-\(name)-\(MessageID.random().prefix(8).lowercased())" }
 
+    /// The README's main job, on every transport: the summary says every customer arrived once.
+    @Test func theDemoDeliversEveryCustomerExactlyOnce() async throws {
+        for transport in ["memory://", RabbitMQBroker.url, KafkaBroker.url()] {
+            let run = try await Started(["demo", "--customers", "30"], input: nil, transport: transport).finish(within: .seconds(120))
+            #expect(run.status == 0, "demo on \(TransportURL.redacted(transport)): \(run.errors)\n\(run.output)")
+            #expect(run.output.contains("✔ every customer arrived exactly once"), "\(run.output)")
+            #expect(run.lines.filter { $0.contains("marketing    stored customer") }.count == 30, "the flow is shown as it happens")
+            #expect(!run.output.contains("guest:guest"), "the password is redacted")
+        }
+    }
+
     @Test func sendFromStandardInputThenConsumeAsJSON() async throws {
         let queue = unique("queue")
         let sent = try await courier(["send", queue], input: "first\nsecond\n\nthird\n")

@@ -1,3 +1,5 @@
+import Configuration
+import CourierTransports
 import ArgumentParser
 import Courier
 
@@ -30,9 +32,16 @@ struct TransportOptions: ParsableArguments {
     @Option(name: .long, help: "Transport URL: memory://, amqp://user:pass@host:5672/vhost, kafka://host:9092.")
     var transport: String?
 
-    /// The URL given, else `COURIER_TRANSPORT_URL`, else `memory://`.
+    /// The URL given, else `COURIER_TRANSPORT_URL` (read through swift-configuration's
+    /// environment provider, as a service reads it), else `memory://`.
     var url: String {
-        transport ?? ProcessEnvironment.value("COURIER_TRANSPORT_URL") ?? "memory://"
+        transport ?? ConfigReader(provider: EnvironmentVariablesProvider()).string(forKey: ConfigKey(Transports.defaultKey), isSecret: true)
+            ?? "memory://"
+    }
+
+    /// The URL, parsed.
+    func parsedURL() throws -> TransportURL {
+        try TransportURL(url)
     }
 
     /// Connects the transport the URL names.

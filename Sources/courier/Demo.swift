@@ -1,14 +1,17 @@
 import ArgumentParser
 import Courier
+import CourierTransports
+import Logging
 import Foundation
 import Synchronization
 
-/// The integration scenario of DESIGN.md §4, end to end on the transport layer.
+/// The integration scenario of DESIGN.md §4, end to end on the message bus.
 ///
-/// A web store registers customers and publishes `CustomerRegistered` events; a transformer,
-/// subscribed as its own group, turns each into a `CreateCustomer` command and acks the
-/// event only once the command is confirmed; a marketing service consumes the command queue
-/// and acks each command after storing the customer. The summary checks that every customer
+/// A web store registers customers and publishes `CustomerRegistered` events; a transformer
+/// (``MessageBus/transform(_:group:options:_:)``), subscribed as its own group, turns each into
+/// a `CreateCustomer` command, and the bus acks the event only once the command is
+/// confirmed; a marketing service handles the command and stores the customer. Each service
+/// has its own bus and transport client, as separate processes would. The summary checks that every customer
 /// arrived exactly once.
 struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -38,41 +41,45 @@ struct Demo: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let transport = try await transportOptions.connect()
         let console = Console()
-        let url = (try? TransportURL(transportOptions.url).description) ?? TransportURL.redacted(transportOptions.url)
-        console.line("courier demo — \(url) — \(customers) customers")
-        let scenario = DemoScenario(transport: transport, console: console, verbose: !quiet, runID: MessageID.random())
-        let summary: DemoSummary
-        do {
-            summary = try await scenario.run(customers: customers, idleTimeout: .seconds(idleTimeout))
-        } catch {
-            try? await transport.shutdown()
-            throw error
+        let url = try transportOptions.parsedURL()
+        // The three services need one broker: an unnamed in-memory broker would be private
+        // to each, so the demo names one for this run.
+        let runID = MessageID.random()
+        let shared: TransportURL
+        if case .memory(var settings) = url, settings.brokerName == nil {
+            settings.brokerName = "courier-demo-\(runID.prefix(8))"
+            shared = .memory(settings)
+        } else {
+            shared = url
         }
-        try await transport.shutdown()
+        console.line("courier demo — \(url) — \(customers) customers")
+        let scenario = DemoScenario(connect: { try await Transports.connect(shared) }, console: console, verbose: !quiet, runID: runID)
+        let summary = try await scenario.run(customers: customers, idleTimeout: .seconds(idleTimeout))
         console.line(summary.report)
         if !summary.everyCustomerExactlyOnce { throw ExitCode(1) }
     }
 }
 
 /// `CustomerRegistered`: the web store's integration event.
-struct CustomerRegistered: Codable, Sendable {
-    static let type = "CustomerRegistered.v1"
+struct CustomerRegistered: IntegrationEvent {
+    static let topic = "web-store.customer-registered"
     var runID: String
     var customerID: Int
     var name: String
     var email: String
+    var messageKey: String? { String(customerID) }
 }
 
 /// `CreateCustomer`: the command the transformer sends to marketing.
-struct CreateCustomer: Codable, Sendable {
-    static let type = "CreateCustomer.v1"
+struct CreateCustomer: IntegrationCommand {
+    static let queue = "marketing.create-customer"
     var runID: String
     var customerID: Int
     var fullName: String
     var email: String
     var source: String
+    var messageKey: String? { String(customerID) }
 }
 
 struct DemoSummary: Sendable {
@@ -91,7 +98,7 @@ struct DemoSummary: Sendable {
             "",
             "Summary (\(String(format: "%.1f", elapsed.milliseconds)) ms)",
             "  customers registered (events published)   \(registered)",
-            "  events transformed (commands confirmed)   \(transformed)",
+            "  events transformed into commands          \(transformed)",
             "  commands handled by marketing             \(handled) (\(duplicates) redelivered duplicates ignored)",
             "  customers stored                          \(stored.count)",
             "  missing                                   \(missing.count)\(missing.isEmpty ? "" : ": " + missing.prefix(20).map(String.init).joined(separator: ", "))",
@@ -101,20 +108,18 @@ struct DemoSummary: Sendable {
     }
 }
 
-/// The three services of the demo, wired over one transport.
+/// The three services of the demo, each with its own bus and transport client.
 struct DemoScenario: Sendable {
-    static let topic = "web-store.customer-registered"
     static let transformerGroup = "marketing-transformer"
-    static let queue = "marketing.create-customer"
 
-    let transport: any Transport
+    let connect: @Sendable () async throws -> any Transport
     let console: Console
     let verbose: Bool
     let runID: String
     private let start = ContinuousClock.now
 
-    init(transport: any Transport, console: Console, verbose: Bool, runID: String) {
-        self.transport = transport
+    init(connect: @escaping @Sendable () async throws -> any Transport, console: Console, verbose: Bool, runID: String) {
+        self.connect = connect
         self.console = console
         self.verbose = verbose
         self.runID = runID
@@ -126,48 +131,66 @@ struct DemoScenario: Sendable {
         console.line(since: start) { "\($0)  \(padded) \(text)" }
     }
 
+    private func bus(_ source: String) async throws -> MessageBus {
+        var logger = Logger(label: "courier.demo\(source.replacingOccurrences(of: "/", with: "."))")
+        logger.logLevel = .warning
+        return MessageBus(
+            transport: try await connect(),
+            configuration: .init(source: source, deduplication: InMemoryDeduplicationStore(), logger: logger)
+        )
+    }
+
     func run(customers: Int, idleTimeout: Duration) async throws -> DemoSummary {
-        // The transformer's group exists before the first event: events published to a topic
-        // with no group are dropped by design.
-        let events = try await transport.subscribe(to: Self.topic, group: Self.transformerGroup)
-        let commands = try await transport.consume(queue: Self.queue)
         let progress = DemoProgress()
-
-        let transformer = Task { try await transform(events, progress: progress) }
-        let marketing = Task { try await handle(commands, progress: progress) }
-
-        for customerID in 1...customers {
-            let customer = CustomerRegistered(
-                runID: runID,
-                customerID: customerID,
-                name: Self.names[(customerID - 1) % Self.names.count],
-                email: "customer\(customerID)@example.com"
-            )
-            var envelope = Envelope(payload: Array(try JSONEncoder().encode(customer)), key: String(customerID))
-            envelope.type = CustomerRegistered.type
-            envelope.contentType = "application/json"
-            envelope.correlationID = envelope.id
-            envelope.headers[CourierHeader.source] = "/web-store"
-            try await transport.publish(envelope, to: Self.topic)
-            log("web-store", "registered #\(customerID) \(customer.name) → published \(CustomerRegistered.type) \(envelope.id.prefix(8))")
-        }
-
-        var lastProgress = progress.snapshot.stored.count
-        var lastChange = ContinuousClock.now
-        while progress.snapshot.stored.count < customers {
-            try await Task.sleep(for: .milliseconds(5))
-            let now = progress.snapshot.stored.count
-            if now != lastProgress {
-                lastProgress = now
-                lastChange = .now
-            } else if ContinuousClock.now - lastChange > idleTimeout {
-                break
+        let webStore = try await bus("/web-store")
+        let transformer = try await bus("/marketing-transformer")
+        let marketing = try await bus("/marketing")
+        let services = [webStore, transformer, marketing]
+        do {
+            // Marketing stores each customer; its handler returning acks the command (ack
+            // after commit). Redelivered duplicates are skipped by the de-duplication store.
+            try await marketing.handle(CreateCustomer.self) { command, context in
+                guard command.runID == runID else { return }  // left over from an earlier run on a durable broker
+                let isNew = progress.store(command.customerID, name: command.fullName)
+                log("marketing", isNew
+                    ? "stored customer #\(command.customerID) \(command.fullName) (causation \(context.envelope.causationID?.prefix(8) ?? "-"))"
+                    : "ignored a duplicate of customer #\(command.customerID)")
             }
+            // The transformer: each event becomes a command; the bus acks the event only once
+            // the command is confirmed, so a crash in between redelivers the event, never loses it.
+            // Its group exists before the first event: a topic with no group drops its events.
+            try await transformer.transform(CustomerRegistered.self, group: Self.transformerGroup) { event, _ in
+                guard event.runID == runID else { return [] }
+                progress.transformed()
+                log("transformer", "\(CustomerRegistered.messageType) #\(event.customerID) → \(CreateCustomer.messageType) (event acked once confirmed)")
+                return [.send(CreateCustomer(runID: runID, customerID: event.customerID, fullName: event.name, email: event.email, source: "web-store"))]
+            }
+            for customerID in 1...customers {
+                let customer = CustomerRegistered(
+                    runID: runID, customerID: customerID,
+                    name: Self.names[(customerID - 1) % Self.names.count], email: "customer\(customerID)@example.com"
+                )
+                try await webStore.publish(customer)
+                log("web-store", "registered #\(customerID) \(customer.name) → published \(CustomerRegistered.messageType)")
+            }
+
+            var lastProgress = progress.snapshot.stored.count
+            var lastChange = ContinuousClock.now
+            while progress.snapshot.stored.count < customers {
+                try await Task.sleep(for: .milliseconds(5))
+                let now = progress.snapshot.stored.count
+                if now != lastProgress {
+                    lastProgress = now
+                    lastChange = .now
+                } else if ContinuousClock.now - lastChange > idleTimeout {
+                    break
+                }
+            }
+        } catch {
+            for service in services { try? await service.shutdown() }
+            throw error
         }
-        await events.close()
-        await commands.close()
-        try await transformer.value
-        try await marketing.value
+        for service in services { try await service.shutdown() }
         let snapshot = progress.snapshot
         return DemoSummary(
             registered: customers,
@@ -177,62 +200,6 @@ struct DemoScenario: Sendable {
             stored: snapshot.stored,
             elapsed: ContinuousClock.now - start
         )
-    }
-
-    /// The transformer: each event becomes a command; the event is acked only after the
-    /// command is confirmed, so a crash in between redelivers the event, never loses it.
-    private func transform(_ events: Subscription, progress: DemoProgress) async throws {
-        for try await delivery in events {
-            let event: CustomerRegistered
-            do {
-                event = try JSONDecoder().decode(CustomerRegistered.self, from: Data(delivery.envelope.payload))
-            } catch {
-                try await delivery.deadLetter(reason: "undecodable \(CustomerRegistered.type): \(error)")
-                log("transformer", "dead-lettered an undecodable event \(delivery.envelope.id.prefix(8))")
-                continue
-            }
-            guard event.runID == runID else {
-                try await delivery.ack()  // left over from an earlier run on a durable broker
-                continue
-            }
-            let command = CreateCustomer(
-                runID: runID,
-                customerID: event.customerID,
-                fullName: event.name,
-                email: event.email,
-                source: "web-store"
-            )
-            var envelope = Envelope(payload: Array(try JSONEncoder().encode(command)), key: delivery.envelope.key)
-            envelope.type = CreateCustomer.type
-            envelope.contentType = "application/json"
-            envelope.correlationID = delivery.envelope.correlationID ?? delivery.envelope.id
-            envelope.causationID = delivery.envelope.id
-            envelope.headers[CourierHeader.source] = "/marketing-transformer"
-            try await transport.send(envelope, to: Self.queue)
-            try await delivery.ack()
-            progress.transformed()
-            log("transformer", "\(CustomerRegistered.type) #\(event.customerID) → \(CreateCustomer.type) confirmed → event acked")
-        }
-    }
-
-    /// Marketing: stores each customer, then acks the command (ack after commit).
-    private func handle(_ commands: Subscription, progress: DemoProgress) async throws {
-        for try await delivery in commands {
-            guard let command = try? JSONDecoder().decode(CreateCustomer.self, from: Data(delivery.envelope.payload)) else {
-                try await delivery.deadLetter(reason: "undecodable \(CreateCustomer.type)")
-                log("marketing", "dead-lettered an undecodable command \(delivery.envelope.id.prefix(8))")
-                continue
-            }
-            guard command.runID == runID else {
-                try await delivery.ack()
-                continue
-            }
-            let isNew = progress.store(command.customerID, name: command.fullName)
-            try await delivery.ack()
-            log("marketing", isNew
-                ? "stored customer #\(command.customerID) \(command.fullName) (causation \(delivery.envelope.causationID?.prefix(8) ?? "-"))"
-                : "ignored a duplicate of customer #\(command.customerID)")
-        }
     }
 
     static let names = [
