@@ -112,7 +112,14 @@ let package = Package(
         ),
         .testTarget(
             name: "CourierConformanceTests",
-            dependencies: ["Courier", "CourierConformance"],
+            dependencies: [
+                "Courier",
+                "CourierConformance",
+                "CourierTransports",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictness
         ),
         .testTarget(
