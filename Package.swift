@@ -54,6 +54,7 @@ let package = Package(
                 "Courier",
                 "CRabbitMQ",
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Adapters/RabbitMQ/CourierRabbitMQ",
             swiftSettings: strictness
@@ -70,6 +71,7 @@ let package = Package(
                 "Courier",
                 "Crdkafka",
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Adapters/Kafka/CourierKafka",
             swiftSettings: strictness

@@ -1,6 +1,8 @@
 import Courier
 import Crdkafka
 import Foundation
+import Logging
+import Synchronization
 
 /// Building librdkafka handles from ``KafkaSettings``, and the helpers every part of the
 /// adapter shares: error text, and running a blocking librdkafka call on a thread of our own.
@@ -12,7 +14,7 @@ enum KafkaClient {
             ("bootstrap.servers", settings.bootstrapServers.map(\.description).joined(separator: ",")),
             ("client.id", settings.clientID),
             ("security.protocol", settings.securityProtocol),
-            ("log_level", "2"),
+            ("log_level", "3"),
             ("log.connection.close", "false"),
         ]
         if let mechanism = settings.saslMechanism { properties.append(("sasl.mechanism", mechanism)) }
@@ -49,14 +51,27 @@ enum KafkaClient {
         return conf
     }
 
-    /// A client of `type` with `conf` (consumed either way).
-    static func handle(_ type: rd_kafka_type_t, _ conf: OpaquePointer) throws(CourierError) -> OpaquePointer {
+    /// A client of `type` with `conf` (consumed either way), whose librdkafka log lines go to
+    /// `logger`. Destroy it with ``destroy(_:)``.
+    static func handle(_ type: rd_kafka_type_t, _ conf: OpaquePointer, logger: Logger? = nil) throws(CourierError) -> OpaquePointer {
+        rd_kafka_conf_set_log_cb(conf) { rk, level, facility, text in
+            KafkaLogs.log(rk, level: level, facility: facility, text: text)
+        }
         var error = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(type, conf, &error, error.count) else {
             rd_kafka_conf_destroy(conf)
             throw CourierError(.invalidConfiguration, "librdkafka could not create a client: \(KafkaClient.text(error))")
         }
+        if let logger { KafkaLogs.register(rk, logger) }
         return rk
+    }
+
+    /// Destroys a client made by ``handle(_:_:logger:)``.
+    static func destroy(_ rk: OpaquePointer) {
+        // Log lines written while it closes still find its logger; the entry goes afterwards.
+        let name = String(cString: rd_kafka_name(rk))
+        rd_kafka_destroy(rk)
+        KafkaLogs.deregister(name)
     }
 
     /// The text librdkafka wrote into an error buffer.
@@ -149,5 +164,41 @@ final class PartitionList {
 
     var elements: UnsafeMutableBufferPointer<rd_kafka_topic_partition_t> {
         UnsafeMutableBufferPointer(start: list.pointee.elems, count: count)
+    }
+}
+
+/// librdkafka's own log lines (errors and worse: `log_level` 3 unless `rdkafka.log_level` says
+/// otherwise), routed to the logger of the transport that owns the client. librdkafka calls
+/// the log callback on its threads with the client handle; the handle's name finds the logger.
+enum KafkaLogs {
+    private static let loggers = Mutex<[String: Logger]>([:])
+    private static let fallback = Logger(label: "courier.kafka")
+
+    static func register(_ rk: OpaquePointer, _ logger: Logger) {
+        let name = String(cString: rd_kafka_name(rk))
+        loggers.withLock { $0[name] = logger }
+    }
+
+    static func deregister(_ name: String) {
+        _ = loggers.withLock { $0.removeValue(forKey: name) }
+    }
+
+    static func log(_ rk: OpaquePointer?, level: Int32, facility: UnsafePointer<CChar>?, text: UnsafePointer<CChar>?) {
+        let name = rk.map { String(cString: rd_kafka_name($0)) } ?? ""
+        let logger = loggers.withLock { $0[name] } ?? fallback
+        // librdkafka recovers from most errors by itself (a broker down, a lost connection):
+        // syslog 3 (error) is a warning here, 0-2 an error.
+        let mapped: Logger.Level =
+            switch level {
+            case ...2: .error
+            case 3: .warning
+            case 4...5: .notice
+            case 6: .info
+            default: .debug
+            }
+        logger.log(
+            level: mapped, "\(text.map { String(cString: $0) } ?? "")",
+            metadata: ["kafka-client": "\(name)", "kafka-facility": "\(facility.map { String(cString: $0) } ?? "")"]
+        )
     }
 }

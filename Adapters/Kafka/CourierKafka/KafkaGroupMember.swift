@@ -2,6 +2,7 @@ import Courier
 import Crdkafka
 import DequeModule
 import Foundation
+import Logging
 import Synchronization
 
 /// One member of a Kafka consumer group: a librdkafka consumer driven by a thread of its own,
@@ -33,6 +34,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     private let timeout: Duration
     private let deadLetterTopic: String
     private let producer: KafkaProducer
+    let logger: Logger
     private let onClosed: @Sendable (KafkaGroupMember) -> Void
 
     // Thread-confined: touched only on the member's thread (and in init).
@@ -166,6 +168,9 @@ final class KafkaGroupMember: @unchecked Sendable {
         self.deadLetterTopic = deadLetterTopic
         self.producer = producer
         self.onClosed = onClosed
+        var logger = configuration.logger
+        logger[metadataKey: "kafka-group"] = "\(groupID)"
+        self.logger = logger
         var properties = KafkaClient.properties(configuration.settings)
         let reset = startPosition == .latest ? "latest" : "earliest"
         properties.insert(contentsOf: [
@@ -189,11 +194,13 @@ final class KafkaGroupMember: @unchecked Sendable {
         }
         rd_kafka_conf_set_offset_commit_cb(conf) { _, error, _, opaque in
             guard let opaque, error != RD_KAFKA_RESP_ERR_NO_ERROR, error != RD_KAFKA_RESP_ERR__NO_OFFSET else { return }
-            Unmanaged<KafkaGroupMember>.fromOpaque(opaque).takeUnretainedValue().state.withLock { $0.recommit = true }
+            let member = Unmanaged<KafkaGroupMember>.fromOpaque(opaque).takeUnretainedValue()
+            member.logger.warning("an offset commit failed; committing again", metadata: ["kafka-error": "\(String(cString: rd_kafka_err2str(error)))"])
+            member.state.withLock { $0.recommit = true }
         }
         // The handle lives no longer than the member: the thread holding `self` destroys it.
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(self).toOpaque())
-        rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf)
+        rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf, logger: configuration.logger)
         rd_kafka_poll_set_consumer(rk)
         queue = rd_kafka_queue_get_consumer(rk)
         let subscription = PartitionList(capacity: 2)
@@ -201,7 +208,7 @@ final class KafkaGroupMember: @unchecked Sendable {
         let error = rd_kafka_subscribe(rk, subscription.list)
         if error != RD_KAFKA_RESP_ERR_NO_ERROR {
             rd_kafka_queue_destroy(queue)
-            rd_kafka_destroy(rk)
+            KafkaClient.destroy(rk)
             throw KafkaClient.error(error, "subscribing to \(topic) as group \(groupID)")
         }
         let thread = Thread { [self] in run() }
@@ -464,7 +471,7 @@ final class KafkaGroupMember: @unchecked Sendable {
         commit(wait: .seconds(5), force: true)
         rd_kafka_consumer_close(rk)
         rd_kafka_queue_destroy(queue)
-        rd_kafka_destroy(rk)
+        KafkaClient.destroy(rk)
         let (waiters, joiners) = state.withLock { state in
             state.closed = true
             state.tracks.removeAll()
@@ -629,6 +636,7 @@ final class KafkaGroupMember: @unchecked Sendable {
 
     private func assigned(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
         let list = PartitionList(copying: partitions)
+        logger.debug("partitions assigned", metadata: ["kafka-partitions": "\(list.elements.map { "\(String(cString: $0.topic))[\($0.partition)]" })"])
         let milliseconds = KafkaClient.milliseconds(timeout)
         let committedError = rd_kafka_committed(rk, list.list, milliseconds)
         var starts: [Position: (offset: Int64, skipBefore: Int64?)] = [:]
@@ -722,6 +730,8 @@ final class KafkaGroupMember: @unchecked Sendable {
     }
 
     private func revoked(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
+        let forgotten = state.withLock { $0.unsettled }
+        logger.debug("partitions revoked", metadata: ["kafka-unsettled-returned": "\(forgotten)"])
         commit(wait: .seconds(2), force: true)
         state.withLock { state in
             state.epoch += 1

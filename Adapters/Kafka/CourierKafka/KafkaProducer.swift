@@ -1,6 +1,7 @@
 import Courier
 import Crdkafka
 import Foundation
+import Logging
 import Synchronization
 
 /// The transport's producer: idempotent, `acks=all`, with a thread of its own that serves
@@ -16,7 +17,7 @@ final class KafkaProducer: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let finished = Mutex<(done: Bool, waiters: [UnsafeContinuation<Void, Never>])>((false, []))
 
-    init(settings: KafkaSettings) throws(CourierError) {
+    init(settings: KafkaSettings, logger: Logger) throws(CourierError) {
         self.settings = settings
         var properties = KafkaClient.properties(settings)
         properties.insert(contentsOf: [
@@ -30,7 +31,7 @@ final class KafkaProducer: @unchecked Sendable {
             guard let message, let opaque = message.pointee._private else { return }
             Unmanaged<ProduceBatch>.fromOpaque(opaque).takeUnretainedValue().reported(message.pointee.err)
         }
-        rk = try KafkaClient.handle(RD_KAFKA_PRODUCER, conf)
+        rk = try KafkaClient.handle(RD_KAFKA_PRODUCER, conf, logger: logger)
         let thread = Thread { [self] in pollLoop() }
         thread.name = "courier.kafka.producer"
         thread.start()
@@ -236,7 +237,7 @@ final class KafkaProducer: @unchecked Sendable {
         }
         _ = try? await KafkaClient.offload("destroy") { () throws(CourierError) in
             for rkt in handles { rd_kafka_topic_destroy(rkt.raw) }
-            rd_kafka_destroy(rk.raw)
+            KafkaClient.destroy(rk.raw)
         }
     }
 }

@@ -1,6 +1,7 @@
 import Courier
 import Crdkafka
 import Foundation
+import Logging
 import Synchronization
 
 /// Names Courier gives Kafka consumer groups and dead-letter topics.
@@ -87,6 +88,9 @@ public final class KafkaTransport: Transport {
         /// The largest payload accepted. Default 983,040 bytes: librdkafka's default
         /// `message.max.bytes` (1,000,000) less room for headers.
         public var maxPayloadSize = 983_040
+        /// Where the adapter logs: group assignments and revocations, failed commits, and
+        /// librdkafka's own errors. Default label `courier.kafka`.
+        public var logger = Logger(label: "courier.kafka")
 
         /// A configuration for `settings`, with the documented defaults.
         public init(settings: KafkaSettings) {
@@ -133,7 +137,7 @@ public final class KafkaTransport: Transport {
     /// Connects to a cluster: creates the producer and checks that a bootstrap server
     /// answers within ``Configuration/operationTimeout``.
     public static func connect(_ configuration: Configuration) async throws -> KafkaTransport {
-        let producer = try KafkaProducer(settings: configuration.settings)
+        let producer = try KafkaProducer(settings: configuration.settings, logger: configuration.logger)
         let rk = SendableHandle(raw: producer.rk)
         let timeout = configuration.operationTimeout
         do {
@@ -297,8 +301,8 @@ enum KafkaRewind {
         let timeout = configuration.operationTimeout
         let joinTimeout = configuration.joinTimeout
         try await KafkaClient.offload("rewind") { () throws(CourierError) in
-            let rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf.raw)
-            defer { rd_kafka_destroy(rk) }
+            let rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf.raw, logger: configuration.logger)
+            defer { KafkaClient.destroy(rk) }
             rd_kafka_poll_set_consumer(rk)
             defer { rd_kafka_consumer_close(rk) }
             let milliseconds = KafkaClient.milliseconds(timeout)

@@ -2,6 +2,7 @@ import CRabbitMQ
 import Courier
 import DequeModule
 import Foundation
+import Logging
 import Synchronization
 
 #if canImport(Glibc)
@@ -44,6 +45,7 @@ protocol AMQPChannelOwner: AnyObject, Sendable {
 final class AMQPConnection: @unchecked Sendable {
     let settings: AMQPSettings
     let label: String
+    let logger: Logger
     /// How long a publish may wait for its confirm before it fails with `notConfirmed`.
     let confirmTimeout: Duration
 
@@ -68,9 +70,13 @@ final class AMQPConnection: @unchecked Sendable {
     /// The publishing channel; consumer channels are numbered from 2.
     static let publishChannel: UInt16 = 1
 
-    init(settings: AMQPSettings, label: String, confirmTimeout: Duration = .seconds(60)) {
+    init(settings: AMQPSettings, label: String, confirmTimeout: Duration = .seconds(60), logger: Logger) {
         self.settings = settings
         self.label = label
+        var logger = logger
+        logger[metadataKey: "amqp-connection"] = "\(label)"
+        logger[metadataKey: "amqp-broker"] = "\(settings.host):\(settings.port)"
+        self.logger = logger
         self.confirmTimeout = confirmTimeout
         self.wakeFD = courier_wake_fd()
     }
@@ -437,6 +443,7 @@ final class AMQPConnection: @unchecked Sendable {
 
     /// Called when the connection is found broken: consumers learn their deliveries are void.
     private func connectionLost(_ error: CourierError) {
+        if !isStopping { logger.warning("lost the connection to RabbitMQ; reconnecting", metadata: ["courier-error": "\(error.message)"]) }
         if let state { amqp_destroy_connection(state) }
         state = nil
         publisherReady = false
@@ -450,7 +457,9 @@ final class AMQPConnection: @unchecked Sendable {
     /// then re-opens consumers and republishes unconfirmed messages.
     private func reconnect() -> Bool {
         var delay = 0.1
+        var attempts = 0
         while !isStopping {
+            attempts += 1
             do throws(CourierError) {
                 try connect()
                 for (channel, owner) in owners.sorted(by: { $0.key < $1.key }) {
@@ -460,11 +469,17 @@ final class AMQPConnection: @unchecked Sendable {
                     } catch {
                         owners[channel] = nil
                         owner.channelLost(error, final: true)
+                        logger.error("a consumer could not be resumed after the reconnect; its subscription ends", metadata: ["courier-error": "\(error.message)"])
                     }
                 }
+                logger.notice(
+                    "reconnected to RabbitMQ",
+                    metadata: ["amqp-attempts": "\(attempts)", "amqp-unconfirmed-republished": "\(unconfirmed.count)"]
+                )
                 republishUnconfirmed()
                 return true
             } catch {
+                logger.debug("reconnecting failed; trying again", metadata: ["courier-error": "\(error.message)", "amqp-attempt": "\(attempts)"])
                 if let state { amqp_destroy_connection(state) }
                 state = nil
                 expireConfirms()

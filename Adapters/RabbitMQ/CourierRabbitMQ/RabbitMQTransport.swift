@@ -1,6 +1,7 @@
 import CRabbitMQ
 import Courier
 import Foundation
+import Logging
 
 /// Courier's transport over RabbitMQ (librabbitmq, AMQP 0-9-1).
 ///
@@ -33,6 +34,9 @@ public final class RabbitMQTransport: Transport {
         public var confirmTimeout: Duration = .seconds(60)
         /// The largest payload accepted. Default 16 MiB (RabbitMQ 4's default limit).
         public var maxPayloadSize: Int = 16 << 20
+        /// Where the adapter logs: lost connections, reconnects, consumers that could not be
+        /// resumed. Default label `courier.rabbitmq`.
+        public var logger = Logger(label: "courier.rabbitmq")
 
         /// Configuration for `settings`, with the default topology and queue type from the
         /// settings.
@@ -74,8 +78,8 @@ public final class RabbitMQTransport: Transport {
 
     private init(_ configuration: Configuration) {
         self.configuration = configuration
-        self.publisher = AMQPConnection(settings: configuration.settings, label: "publish", confirmTimeout: configuration.confirmTimeout)
-        self.consumer = AMQPConnection(settings: configuration.settings, label: "consume")
+        self.publisher = AMQPConnection(settings: configuration.settings, label: "publish", confirmTimeout: configuration.confirmTimeout, logger: configuration.logger)
+        self.consumer = AMQPConnection(settings: configuration.settings, label: "consume", logger: configuration.logger)
         self.capabilities = TransportCapabilities(
             system: "rabbitmq",
             ordering: .perKeySingleConsumer,
