@@ -15,5 +15,14 @@ struct KafkaBusTests {
         print("[bus kafka] \(line)")
         if let failure { Issue.record("\(failure)") }
     }
+
+    /// With retry topics, a group's dead letters go back to that group alone.
+    @Test func deadLettersReplayToOneGroupWithRetryTopics() async throws {
+        let bus = BusConformance { try await KafkaBroker.connect("retry_topics=true") }
+        let (line, failure) = try await bus.outcome(of: .deadLetterReplay)
+        print("[bus kafka retry_topics] \(line)")
+        if let failure { Issue.record("\(failure)") }
+        #expect(line.contains("replayed to that group alone"), "\(line)")
+    }
 }
 }

@@ -57,6 +57,14 @@ public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
         if !waiting.isEmpty { parked[key] = waiting }
     }
 
+    /// Every waiting item, held-back ones included, without removing any: those in arrival
+    /// order first, then the held-back ones of each key in order.
+    public var elements: [Element] {
+        var all = Array(ready)
+        for key in parked.keys.sorted() { all.append(contentsOf: parked[key]!) }
+        return all
+    }
+
     /// Puts an item that was in flight back at the front and frees its key.
     public mutating func returnToFront(_ element: Element) {
         ready.prepend(element)

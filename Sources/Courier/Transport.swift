@@ -30,6 +30,15 @@ public protocol Transport: Sendable {
     func rewind(topic: String, group: String, to position: StartPosition) async throws
     /// The queue that receives dead letters from `origin`; read it with ``consume(queue:options:)``.
     func deadLetterQueue(for origin: DeliveryOrigin) -> String
+    /// Puts `envelopes` back into `origin` for its consumers only — one group of a topic (the
+    /// topic's other groups do not see them again) or a queue — returning once all are
+    /// confirmed. Replaying dead letters uses it. The default sends to a queue and refuses a
+    /// topic with ``CourierError/Code/unsupportedCapability``.
+    func redeliver(_ envelopes: [Envelope], to origin: DeliveryOrigin) async throws
+    /// Up to `limit` messages waiting in `queue`, oldest first, without taking them: they stay
+    /// for the queue's consumers. Listing dead letters uses it. The default reads with a
+    /// consumer that settles nothing and closes, which returns everything it read.
+    func browse(queue: String, limit: Int) async throws -> [Envelope]
     /// Stops intake, ends every subscription (returning un-acked deliveries), and closes the
     /// connection. Further calls throw ``CourierError/Code/transportClosed``. Idempotent.
     func shutdown() async throws
@@ -76,5 +85,48 @@ extension Transport {
 
     public func deadLetterQueue(for origin: DeliveryOrigin) -> String {
         origin.defaultDeadLetterQueue
+    }
+
+    public func redeliver(_ envelopes: [Envelope], to origin: DeliveryOrigin) async throws {
+        switch origin {
+        case .queue(let queue):
+            try await send(envelopes, to: queue)
+        case .topic(let topic, let group):
+            throw CourierError(
+                .unsupportedCapability,
+                "the \(capabilities.system) transport cannot put messages back into group \(group) of \(topic) alone; publish them to the topic to reach every group"
+            )
+        }
+    }
+
+    public func browse(queue: String, limit: Int) async throws -> [Envelope] {
+        guard limit > 0 else { return [] }
+        let subscription = try await consume(queue: queue, options: SubscriptionOptions(prefetch: limit))
+        return try await Browsing.collect(subscription, limit: limit)
+    }
+}
+
+/// Reading a queue without settling, for transports implementing
+/// ``Transport/browse(queue:limit:)`` with a subscription.
+public enum Browsing {
+    /// Collects up to `limit` distinct messages from `subscription` without settling any, until
+    /// a second passes without a delivery, then closes it (returning them all to the queue).
+    public static func collect(_ subscription: Subscription, limit: Int) async throws -> [Envelope] {
+        var iterator = subscription.makeAsyncIterator()
+        var seen: [Envelope] = []
+        var ids = Set<String>()
+        while seen.count < limit {
+            // What a queue holds arrives at once: a second without a delivery means no more.
+            let timer = Task {
+                try await Task.sleep(for: .seconds(1))
+                await subscription.close()
+            }
+            let delivery = try await iterator.next()
+            timer.cancel()
+            guard let delivery else { break }
+            if ids.insert(delivery.envelope.id).inserted { seen.append(delivery.envelope) }
+        }
+        await subscription.close()
+        return seen
     }
 }

@@ -105,4 +105,30 @@ public enum WireFormat {
         envelope.headers[CourierHeader.deadLetterTime] = RFC3339.string(from: Date())
         return envelope
     }
+
+    /// The headers ``deadLetter(_:reason:origin:attempts:extra:)`` adds (and the handler's
+    /// error headers, and the attempt), which a replayed message loses.
+    public static let deadLetterHeaders: Set<String> = [
+        CourierHeader.deadLetterReason, CourierHeader.deadLetterOriginKind, CourierHeader.deadLetterOrigin,
+        CourierHeader.deadLetterGroup, CourierHeader.deadLetterAttempts, CourierHeader.deadLetterTime,
+        CourierHeader.errorType, CourierHeader.errorMessage, CourierHeader.attempt,
+    ]
+
+    /// A dead letter as the message it was, to replay: same id, payload, key and headers,
+    /// without the dead-letter headers (so it starts again at attempt 1).
+    public static func replayable(_ deadLetter: Envelope) -> Envelope {
+        var message = deadLetter
+        for name in deadLetterHeaders { message.headers[name] = nil }
+        return message
+    }
+
+    /// The group or queue a dead letter came from, as its headers say; `nil` when they do not.
+    public static func origin(ofDeadLetter deadLetter: Envelope) -> DeliveryOrigin? {
+        guard let destination = deadLetter.headers[CourierHeader.deadLetterOrigin] else { return nil }
+        switch deadLetter.headers[CourierHeader.deadLetterOriginKind] {
+        case "queue": return .queue(destination)
+        case "topic": return deadLetter.headers[CourierHeader.deadLetterGroup].map { .topic(destination, group: $0) }
+        default: return nil
+        }
+    }
 }

@@ -11,6 +11,7 @@ public enum BusScenario: String, CaseIterable, Sendable, CustomStringConvertible
     case poisonMessages = "B3. poison and foreign messages"
     case perKeyConcurrency = "B4. concurrency with per-key order"
     case gracefulShutdown = "B5. graceful shutdown loses nothing"
+    case deadLetterReplay = "B6. dead letters listed and replayed"
 
     public var description: String { rawValue }
 }
@@ -44,13 +45,15 @@ public struct BusConformance: Sendable {
     public func run(_ scenario: BusScenario) async throws -> String {
         let start = ContinuousClock.now
         let run = BusRun(scenario: scenario, suite: self)
-        let summary: String
-        switch scenario {
-        case .eventsCommandsAndTransformer: summary = try await run.eventsCommandsAndTransformer()
-        case .retriesThenDeadLetter: summary = try await run.retriesThenDeadLetter()
-        case .poisonMessages: summary = try await run.poisonMessages()
-        case .perKeyConcurrency: summary = try await run.perKeyConcurrency()
-        case .gracefulShutdown: summary = try await run.gracefulShutdown()
+        let summary = try await BusNames.$run.withValue(BusNames.nextRun()) {
+            switch scenario {
+            case .eventsCommandsAndTransformer: try await run.eventsCommandsAndTransformer()
+            case .retriesThenDeadLetter: try await run.retriesThenDeadLetter()
+            case .poisonMessages: try await run.poisonMessages()
+            case .perKeyConcurrency: try await run.perKeyConcurrency()
+            case .gracefulShutdown: try await run.gracefulShutdown()
+            case .deadLetterReplay: try await run.deadLetterReplay()
+            }
         }
         let milliseconds = (ContinuousClock.now - start).components.seconds * 1000 + (ContinuousClock.now - start).components.attoseconds / 1_000_000_000_000_000
         return "PASSED  \(scenario) — \(summary) (\(milliseconds) ms)"
@@ -70,8 +73,12 @@ public struct BusConformance: Sendable {
 // MARK: Contracts (names unique per process, so reruns on one broker do not meet)
 
 enum BusNames {
-    static let tag = String(MessageID.random().prefix(8)).lowercased()
-    static func name(_ suffix: String) -> String { "courier-bus-\(tag).\(suffix)" }
+    static let process = String(MessageID.random().prefix(8)).lowercased()
+    private static let runs = Atomic<Int>(0)
+    /// The scenario run the current task belongs to: each run has its own destinations.
+    @TaskLocal static var run = 0
+    static func nextRun() -> Int { runs.add(1, ordering: .relaxed).newValue }
+    static func name(_ suffix: String) -> String { "courier-bus-\(process)-\(run).\(suffix)" }
 }
 
 struct BusCustomerRegistered: IntegrationEvent {
@@ -115,6 +122,20 @@ struct BusShipOrder: IntegrationCommand {
     var order: Int
 }
 
+struct BusRefund: IntegrationCommand {
+    static var queue: String { BusNames.name("refund") }
+    static var messageName: String { "Refund" }
+    var refund: Int
+    var messageKey: String? { "order-\(refund % 2)" }
+}
+
+struct BusPriceChanged: IntegrationEvent {
+    static var topic: String { BusNames.name("price-changed") }
+    static var messageName: String { "PriceChanged" }
+    var product: Int
+    var messageKey: String? { "product-\(product % 2)" }
+}
+
 struct BusHandlerFailure: Error, CustomStringConvertible {
     var description: String { "the payment provider refused the card" }
 }
@@ -139,6 +160,22 @@ private struct BusRun {
         var lastChange = ContinuousClock.now
         while !done() {
             try await Task.sleep(for: .milliseconds(10))
+            let now = progress()
+            if now != last {
+                last = now
+                lastChange = .now
+            } else if ContinuousClock.now - lastChange > suite.idleTimeout {
+                throw BusConformanceFailure(scenario: scenario, message: "no progress for \(suite.idleTimeout) waiting for \(what) (at \(now))")
+            }
+        }
+    }
+
+    /// Waits until the async `check` holds, failing after `idleTimeout` without progress.
+    func poll(_ what: String, progress: @Sendable () -> Int, until check: () async throws -> Bool) async throws {
+        var last = progress()
+        var lastChange = ContinuousClock.now
+        while try await !check() {
+            try await Task.sleep(for: .milliseconds(100))
             let now = progress()
             if now != last {
                 last = now
@@ -306,6 +343,69 @@ private struct BusRun {
         }
         try await warehouse.shutdown()
         return "\(expected) events over \(skus) keys, up to \(result.peak) handlers at once (limit 4), each key one at a time and in order"
+    }
+
+    func deadLetterReplay() async throws -> String {
+        let count = 6
+        let broken = Locked(true)
+        let service = try await bus(MessageBus.Configuration(retryPolicy: .none))
+        let refunds = Locked<[Int]>([])
+        let prices = Locked<[Int]>([])
+        let audit = Locked<[Int]>([])
+        try await service.handle(BusRefund.self) { command, _ in
+            if broken.value { throw BusHandlerFailure() }
+            refunds.withLock { $0.append(command.refund) }
+        }
+        try await service.subscribe(to: BusPriceChanged.self, group: "pricing") { event, _ in
+            if broken.value { throw BusHandlerFailure() }
+            prices.withLock { $0.append(event.product) }
+        }
+        try await service.subscribe(to: BusPriceChanged.self, group: "audit") { event, _ in
+            audit.withLock { $0.append(event.product) }
+        }
+        // Keys repeat (two per destination): browsing must show every message, not one per key.
+        try await service.send((0..<count).map { BusRefund(refund: $0) })
+        try await service.publish((0..<count).map { BusPriceChanged(product: $0) })
+
+        // The operator's tool: another client.
+        let tool = try await suite.makeTransport()
+        let refundOrigin = DeliveryOrigin.queue(BusRefund.queue)
+        let priceOrigin = DeliveryOrigin.topic(BusPriceChanged.topic, group: "pricing")
+        let listed = Locked(0)
+        try await poll("\(count) dead letters in each dead-letter queue", progress: { listed.value }) {
+            let refundLetters = try await tool.browse(queue: tool.deadLetterQueue(for: refundOrigin), limit: 100)
+            let priceLetters = try await tool.browse(queue: tool.deadLetterQueue(for: priceOrigin), limit: 100)
+            listed.withLock { $0 = refundLetters.count + priceLetters.count }
+            return refundLetters.count == count && priceLetters.count == count
+        }
+        let letters = try await tool.browse(queue: tool.deadLetterQueue(for: refundOrigin), limit: 100)
+        try check(Set(letters.map { $0.headers[CourierHeader.errorType] ?? "" }).count == 1, "the dead letters lack the error type")
+        try check(letters.allSatisfy { WireFormat.origin(ofDeadLetter: $0) == refundOrigin }, "the dead letters do not name their origin")
+        let again = try await tool.browse(queue: tool.deadLetterQueue(for: refundOrigin), limit: 100)
+        try check(again.count == count, "browsing took dead letters: \(again.count) of \(count) left after browsing twice")
+
+        broken.withLock { $0 = false }
+        let queueReplay = try await tool.replayDeadLetters(of: refundOrigin) { $0.id != letters[0].id }
+        try check(queueReplay == (count - 1, 1), "replaying all but one refund replayed \(queueReplay.replayed) and kept \(queueReplay.kept)")
+        try await wait("\(count - 1) replayed refunds", progress: { refunds.value.count }, until: { refunds.value.count >= count - 1 })
+        let kept = try await tool.browse(queue: tool.deadLetterQueue(for: refundOrigin), limit: 100)
+        try check(kept.map(\.id) == [letters[0].id], "the dead letter not chosen is not the one left: \(kept.map(\.id))")
+
+        var groupNote: String
+        do {
+            let groupReplay = try await tool.replayDeadLetters(of: priceOrigin) { _ in true }
+            try check(groupReplay == (count, 0), "replaying the group's dead letters replayed \(groupReplay.replayed) and kept \(groupReplay.kept)")
+            try await wait("\(count) replayed price changes", progress: { prices.value.count }, until: { prices.value.count >= count })
+            try await Task.sleep(for: .milliseconds(500))
+            try check(audit.value.count == count, "the audit group got \(audit.value.count) price changes, expected \(count): a replay reached another group")
+            try check(Set(prices.value) == Set(0..<count), "the pricing group got \(prices.value.sorted())")
+            groupNote = "a group's \(count) dead letters replayed to that group alone (the topic's other group saw each once)"
+        } catch let error as CourierError where error.code == .unsupportedCapability {
+            groupNote = "replaying to one group is not supported here (\(error.message))"
+        }
+        try await tool.shutdown()
+        try await service.shutdown()
+        return "\(count) dead letters per queue listed twice without being taken (keys repeating); \(count - 1) chosen refunds replayed and handled, 1 kept; \(groupNote)"
     }
 
     func gracefulShutdown() async throws -> String {

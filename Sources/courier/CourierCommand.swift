@@ -21,9 +21,10 @@ struct CourierCommand: AsyncParsableCommand {
               courier send create-customer '{"name":"Ada"}' --transport amqp://localhost
               courier consume --queue create-customer --count 1 --transport amqp://localhost
               courier tail customers --transport kafka://localhost:9092
+              courier dead-letters list --queue create-customer --transport amqp://localhost
               courier bench --messages 1000000 --size 256 --publishers 4 --consumers 4
             """,
-        subcommands: [Demo.self, Publish.self, Send.self, Consume.self, Tail.self, Topology.self, Bench.self]
+        subcommands: [Demo.self, Publish.self, Send.self, Consume.self, Tail.self, DeadLetters.self, Topology.self, Bench.self]
     )
 }
 

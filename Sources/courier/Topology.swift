@@ -15,27 +15,10 @@ struct Topology: AsyncParsableCommand {
     )
 
     @OptionGroup var transportOptions: TransportOptions
-    @Option(help: "A queue.") var queue: String?
-    @Option(help: "A topic (with --group).") var topic: String?
-    @Option(help: "A subscription group (with --topic).") var group: String?
-
-    func validate() throws {
-        switch (queue, topic, group) {
-        case (.some, nil, nil), (nil, .some, .some): break
-        default: throw ValidationError("give --queue QUEUE, or --topic TOPIC with --group GROUP")
-        }
-    }
+    @OptionGroup var originOptions: OriginOptions
 
     func run() async throws {
-        let origin: DeliveryOrigin
-        if let queue {
-            try DestinationName.validate(queue, as: .queue)
-            origin = .queue(queue)
-        } else {
-            try DestinationName.validate(topic!, as: .topic)
-            try DestinationName.validate(group!, as: .group)
-            origin = .topic(topic!, group: group!)
-        }
+        let origin = try originOptions.origin()
         let url = try TransportURL(transportOptions.url)
         print("\(url) — \(origin)")
         let lines: [String]

@@ -573,7 +573,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     }
 
     /// The envelope, attempt and position of a polled message.
-    private static func pending(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> (Pending, timestamp: Int64) {
+    static func pending(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> (Pending, timestamp: Int64) {
         let raw = message.pointee
         var received = WireFormat.Received()
         var list: OpaquePointer?

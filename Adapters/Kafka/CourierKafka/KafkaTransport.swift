@@ -187,6 +187,43 @@ public final class KafkaTransport: Transport {
         try await producer.produce(envelopes, to: queue)
     }
 
+    /// A queue's commands go back to its topic (only the queue's group reads it). A group's
+    /// events go to the group's retry topic, which only that group reads: this needs
+    /// `retry_topics=true` (``KafkaSettings/retryTopics``); without it a Kafka group reads
+    /// nothing but its topic, and publishing there again would reach every group.
+    public func redeliver(_ envelopes: [Envelope], to origin: DeliveryOrigin) async throws {
+        switch origin {
+        case .queue(let queue):
+            try await send(envelopes, to: queue)
+        case .topic(let topic, let group):
+            try check(envelopes, to: topic, as: .topic)
+            try DestinationName.validate(group, as: .group)
+            guard configuration.settings.retryTopics else {
+                throw CourierError(
+                    .unsupportedCapability,
+                    "a Kafka group reads only its topic, so messages cannot go back to group \(group) of \(topic) alone; connect with retry_topics=true (its retry topic \(configuration.topology.retryTopic(origin)) takes them), or publish them to \(topic) for every group"
+                )
+            }
+            let retryTopic = configuration.topology.retryTopic(origin)
+            try await producer.ensureTopic(retryTopic, timeout: configuration.operationTimeout)
+            try await producer.produce(envelopes, to: retryTopic)  // no due time: due at once
+        }
+    }
+
+    /// Reads the queue's topic from its group's committed offsets to the end, with a
+    /// short-lived consumer that assigns the partitions itself: it neither joins the group nor
+    /// commits, so the queue's consumers are not disturbed. Messages come oldest first (by
+    /// timestamp) within the `limit` read.
+    public func browse(queue: String, limit: Int) async throws -> [Envelope] {
+        try DestinationName.validate(queue, as: .queue)
+        try checkOpen("browsing \(queue)")
+        guard limit > 0 else { return [] }
+        try await producer.ensureTopic(queue, timeout: configuration.operationTimeout)
+        return try await KafkaBrowse.read(
+            configuration: configuration, topic: queue, groupID: configuration.topology.queueGroupID(queue), limit: limit
+        )
+    }
+
     public func subscribe(to topic: String, group: String, options: SubscriptionOptions) async throws -> Subscription {
         try DestinationName.validate(topic, as: .topic)
         try DestinationName.validate(group, as: .group)
@@ -353,6 +390,61 @@ enum KafkaRewind {
             }
             let committed = rd_kafka_commit(rk, list.list, 0)
             guard committed == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(committed, "rewinding \(description)") }
+        }
+    }
+}
+
+/// Reading a topic from a group's committed offsets without joining the group
+/// (``KafkaTransport/browse(queue:limit:)``).
+enum KafkaBrowse {
+    static func read(configuration: KafkaTransport.Configuration, topic: String, groupID: String, limit: Int) async throws -> [Envelope] {
+        var properties = KafkaClient.properties(configuration.settings)
+        properties.insert(
+            contentsOf: [("group.id", groupID), ("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")],
+            at: properties.count - configuration.settings.properties.count
+        )
+        let conf = SendableHandle(raw: try KafkaClient.configuration(properties))
+        let timeout = configuration.operationTimeout
+        return try await KafkaClient.offload("browsing \(topic)") { () throws(CourierError) -> [Envelope] in
+            let rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf.raw, logger: configuration.logger)
+            defer { KafkaClient.destroy(rk) }
+            rd_kafka_poll_set_consumer(rk)
+            defer { rd_kafka_consumer_close(rk) }
+            let milliseconds = KafkaClient.milliseconds(timeout)
+            let (partitions, error) = KafkaProducer.partitionCount(rk, nil, topic, timeout: timeout)
+            guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(error, "browsing \(topic)") }
+            let committed = PartitionList(capacity: partitions)
+            for partition in 0..<Int32(partitions) { committed.add(topic, partition) }
+            let lookup = rd_kafka_committed(rk, committed.list, milliseconds)
+            guard lookup == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(lookup, "browsing \(topic): reading group \(groupID)'s offsets") }
+            let assignment = PartitionList(capacity: partitions)
+            var ends: [Int32: Int64] = [:]
+            for element in committed.elements {
+                var low: Int64 = 0
+                var high: Int64 = 0
+                let marks = rd_kafka_query_watermark_offsets(rk, topic, element.partition, &low, &high, milliseconds)
+                guard marks == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(marks, "browsing \(topic)") }
+                let start = element.offset >= 0 ? max(element.offset, low) : low
+                if start < high {
+                    assignment.add(topic, element.partition, offset: start)
+                    ends[element.partition] = high
+                }
+            }
+            guard assignment.count > 0 else { return [] }
+            rd_kafka_assign(rk, assignment.list)
+            defer { rd_kafka_assign(rk, nil) }
+            var envelopes: [(Envelope, Int64)] = []
+            let deadline = ContinuousClock.now + timeout
+            while !ends.isEmpty && envelopes.count < limit && ContinuousClock.now < deadline {
+                guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
+                defer { rd_kafka_message_destroy(message) }
+                guard message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR else { continue }
+                let (pending, timestamp) = KafkaGroupMember.pending(message)
+                envelopes.append((pending.envelope, timestamp))
+                let partition = message.pointee.partition
+                if let end = ends[partition], message.pointee.offset + 1 >= end { ends[partition] = nil }
+            }
+            return envelopes.sorted { $0.1 < $1.1 }.map(\.0)
         }
     }
 }

@@ -16,7 +16,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
     let origin: DeliveryOrigin
     let options: SubscriptionOptions
     private unowned let transport: RabbitMQTransport
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     private static let tagBits: UInt64 = 48
     private static let tagMask: UInt64 = (1 << 48) - 1
@@ -36,7 +36,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         /// Counts the opens of this consumer's channel; the top bits of every delivery tag.
         var generation: UInt64 = 0
         var connectionGeneration: UInt64 = 0
-        var buffer = KeyOrderGate<Delivery> { $0.envelope.key }
+        var buffer: KeyOrderGate<Delivery>
         var outstanding: [UInt64: Outstanding] = [:]
         var waiters = Deque<Waiter>()
         var cancelled = Set<Int>()
@@ -48,6 +48,10 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         var pendingAcks: [(channel: UInt16, tag: UInt64, generation: UInt64)] = []
         var flushScheduled = false
 
+        init(ordered: Bool) {
+            buffer = KeyOrderGate(ordered: ordered) { $0.envelope.key }
+        }
+
         mutating func serve() -> [(Waiter, Delivery)] {
             var served: [(Waiter, Delivery)] = []
             while !waiters.isEmpty, let delivery = buffer.next() {
@@ -57,10 +61,13 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         }
     }
 
-    init(transport: RabbitMQTransport, origin: DeliveryOrigin, options: SubscriptionOptions) {
+    /// `ordered` false hands out messages without waiting for earlier ones of their key to
+    /// be settled: for browsing, which settles nothing.
+    init(transport: RabbitMQTransport, origin: DeliveryOrigin, options: SubscriptionOptions, ordered: Bool = true) {
         self.transport = transport
         self.origin = origin
         self.options = options
+        self.state = Mutex(State(ordered: ordered))
     }
 
     // MARK: AMQPChannelOwner (on the consuming connection's thread)

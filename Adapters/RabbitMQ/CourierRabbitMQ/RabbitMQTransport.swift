@@ -112,6 +112,21 @@ public final class RabbitMQTransport: Transport {
         try await publish(envelopes, toQueue: topology.commandQueue(queue))
     }
 
+    /// Publishes straight to the group's (or queue's) broker queue through the default
+    /// exchange, so the topic's other groups do not see the messages again.
+    public func redeliver(_ envelopes: [Envelope], to origin: DeliveryOrigin) async throws {
+        try check(envelopes, to: origin.destination, as: origin.group == nil ? .queue : .topic, "redelivering to")
+        guard case .topic(let topic, let group) = origin else {
+            try await publish(envelopes, toQueue: topology.queue(for: origin))
+            return
+        }
+        try DestinationName.validate(group, as: .group)
+        let topology = self.topology
+        try await publish(envelopes, exchange: "", routingKey: topology.groupQueue(topic, group)) { connection throws(CourierError) in
+            try topology.declareGroup(topic: topic, group: group, on: connection, channel: AMQPConnection.publishChannel)
+        }
+    }
+
     private func check(_ envelopes: [Envelope], to name: String, as kind: DestinationName.Kind, _ what: String) throws(CourierError) {
         try checkOpen("\(what) \(name)")
         try DestinationName.validate(name, as: kind)
@@ -210,8 +225,18 @@ public final class RabbitMQTransport: Transport {
         return try await attach(origin: .queue(queue), options: options)
     }
 
-    private func attach(origin: DeliveryOrigin, options: SubscriptionOptions) async throws -> Subscription {
-        let source = RabbitMQConsumer(transport: self, origin: origin, options: options)
+    /// Reads with a consumer that does not hold messages back behind an earlier one of their
+    /// key (it settles nothing, so it would see one per key), then closes it, which returns
+    /// everything to the queue.
+    public func browse(queue: String, limit: Int) async throws -> [Envelope] {
+        try DestinationName.validate(queue, as: .queue)
+        guard limit > 0 else { return [] }
+        let subscription = try await attach(origin: .queue(queue), options: SubscriptionOptions(prefetch: min(limit, 65_535)), ordered: false)
+        return try await Browsing.collect(subscription, limit: limit)
+    }
+
+    private func attach(origin: DeliveryOrigin, options: SubscriptionOptions, ordered: Bool = true) async throws -> Subscription {
+        let source = RabbitMQConsumer(transport: self, origin: origin, options: options, ordered: ordered)
         try await consumer.perform { connection throws(CourierError) in
             _ = try connection.attach(source)
         }

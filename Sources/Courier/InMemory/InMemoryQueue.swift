@@ -338,6 +338,15 @@ final class InMemoryQueue: DeliverySettler {
 
     // MARK: Replay and shutdown
 
+    /// Up to `limit` messages the queue holds, without taking them: those in flight (by
+    /// delivery order) first, then the waiting ones.
+    func snapshot(limit: Int) -> [Envelope] {
+        state.withLock { state in
+            let inFlight = state.unacked.sorted { $0.key < $1.key }.map(\.value.message.envelope)
+            return Array((inFlight + state.waiting.elements.map(\.envelope)).prefix(limit))
+        }
+    }
+
     /// Replaces the waiting messages with `messages` (a rewind); in-flight ones stay in flight.
     func replace(with messages: [StoredMessage]) {
         let wakes: [Wake] = state.withLock { state in

@@ -103,6 +103,25 @@ public final class InMemoryTransport: Transport {
         try broker.topic(named: topic).rewind(group: group, to: position)
     }
 
+    public func redeliver(_ envelopes: [Envelope], to origin: DeliveryOrigin) async throws {
+        try checkOpen("redelivering to \(origin)")
+        for envelope in envelopes { try capabilities.check(envelope) }
+        let queue: InMemoryQueue
+        switch origin {
+        case .queue(let name):
+            queue = try broker.queue(named: name)
+        case .topic(let topic, let group):
+            try DestinationName.validate(group, as: .group)
+            queue = try broker.topic(named: topic).group(group, start: .latest)
+        }
+        for envelope in envelopes { try await queue.enqueue(StoredMessage(envelope: envelope, attempt: 1)) }
+    }
+
+    public func browse(queue: String, limit: Int) async throws -> [Envelope] {
+        try checkOpen("browsing \(queue)")
+        return try broker.queue(named: queue).snapshot(limit: limit)
+    }
+
     public func shutdown() async throws {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         let open = consumers.withLock { consumers in
