@@ -80,6 +80,51 @@ struct CourierToolTests {
         }
     }
 
+    /// Dead letters made by nacking past the attempt limit, then listed, shown and replayed
+    /// with the tool, on RabbitMQ and Kafka.
+    @Test func deadLettersAreListedShownAndReplayed() async throws {
+        for transport in [RabbitMQBroker.url, KafkaBroker.url()] {
+            let name = TransportURL.redacted(transport)
+            let queue = unique("dlq")
+            let sent = try await courier(["send", queue, "--key", "same-key", "--content-type", "application/json"], input: "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n", transport: transport)
+            #expect(sent.status == 0, "\(name): \(sent.errors)")
+            let ids = sent.lines
+            // Ten attempts each, then the transport dead-letters them.
+            let nacked = try await courier(["consume", "--queue", queue, "--settle", "nack", "--count", "30", "--timeout", "20"], transport: transport)
+            #expect(nacked.status == 0, "\(name): \(nacked.errors)")
+
+            let listed = try await courier(["dead-letters", "list", "--queue", queue, "--json"], transport: transport)
+            #expect(listed.status == 0, "\(name): \(listed.errors)")
+            let letters = listed.lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            #expect(Set(letters.compactMap { $0["id"] as? String }) == Set(ids), "\(name): every dead letter is listed, one key or not")
+            let reasons = letters.compactMap { ($0["headers"] as? [String: String])?[CourierHeader.deadLetterReason] }
+            #expect(reasons.count == 3 && reasons.allSatisfy { $0.contains("attempts exhausted") }, "\(name): \(reasons)")
+
+            let shown = try await courier(["dead-letters", "show", ids[1], "--queue", queue], transport: transport)
+            #expect(shown.status == 0, "\(name): \(shown.errors)")
+            #expect(shown.output.contains("ce_courierdlattempts: 10"), "\(name): \(shown.output)")
+            #expect(shown.output.contains("\"n\" : 2"), "\(name): the JSON payload is pretty-printed: \(shown.output)")
+
+            let one = try await courier(["dead-letters", "replay", ids[1], "--queue", queue], transport: transport)
+            #expect(one.status == 0, "\(name): \(one.errors)")
+            #expect(one.output.contains("replayed 1 dead letter to queue \(queue); 2 kept"), "\(name): \(one.output)")
+            let back = try await courier(["consume", "--queue", queue, "--count", "1", "--json", "--timeout", "20"], transport: transport)
+            let message = back.lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }.first
+            #expect(message?["id"] as? String == ids[1], "\(name): the replayed message is back in its queue")
+            #expect(message?["attempt"] as? Int == 1, "\(name): and starts again at attempt 1")
+            #expect((message?["headers"] as? [String: String])?[CourierHeader.deadLetterReason] == nil, "\(name): without dead-letter headers")
+
+            let rest = try await courier(["dead-letters", "replay", "--all", "--queue", queue], transport: transport)
+            #expect(rest.output.contains("replayed 2 dead letters"), "\(name): \(rest.output) \(rest.errors)")
+            let empty = try await courier(["dead-letters", "list", "--queue", queue], transport: transport)
+            #expect(empty.lines.first?.hasPrefix("0 dead letters") == true, "\(name): \(empty.output)")
+            let missing = try await courier(["dead-letters", "replay", "no-such-id", "--queue", queue], transport: transport)
+            #expect(missing.status == 1 && missing.errors.contains("no dead letter no-such-id"), "\(name): \(missing.errors)")
+            let usage = try await courier(["dead-letters", "replay", "--queue", queue], transport: transport)
+            #expect(usage.status == 64, "\(name): replay without ids or --all is a usage error")
+        }
+    }
+
     @Test func sendFromStandardInputThenConsumeAsJSON() async throws {
         let queue = unique("queue")
         let sent = try await courier(["send", queue], input: "first\nsecond\n\nthird\n")
