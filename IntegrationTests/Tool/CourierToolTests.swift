@@ -204,6 +204,21 @@ struct CourierToolTests {
         }
     }
 
+    @Test func benchWithConfirmOffPipelinesAndStillDeliversEverything() async throws {
+        for transport in ["memory://", RabbitMQBroker.url, KafkaBroker.url()] {
+            let run = try await courier(["bench", "--messages", "5000", "--confirm", "off", "--in-flight", "200", "--json"], transport: transport)
+            #expect(run.status == 0, "\(TransportURL.redacted(transport)): \(run.errors)")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [String: Any], "JSON report: \(run.output)")
+            #expect(report["confirm"] as? String == "off")
+            #expect(report["inFlight"] as? Int == 200)
+            #expect(report["messages"] as? Int == 5000, "every message published without waiting was still delivered and acked")
+            let phases = try await courier(["bench", "--phases", "--messages", "2000", "--batch", "50", "--confirm", "off", "--in-flight", "500"], transport: transport)
+            #expect(phases.status == 0 && phases.output.contains("10 batch(es) of 50 in flight (confirm off)"), "\(phases.output) \(phases.errors)")
+        }
+        let bad = try await courier(["bench", "--confirm", "maybe"], transport: "memory://")
+        #expect(bad.status == 64)
+    }
+
     @Test func topologyPrintsWhatWouldBeDeclaredWithoutConnecting() async throws {
         // Port 1: nothing listens there, and topology never connects.
         let rabbit = try await courier(["topology", "--topic", "customers", "--group", "audit"], transport: "amqp://127.0.0.1:1/?queue_type=quorum")

@@ -21,6 +21,12 @@ struct Bench: AsyncParsableCommand {
               courier bench --publishers 4 --consumers 4 --json
               courier bench --transport amqp://localhost --rate 1000 --duration 30
               courier bench --phases --batch 50 --publishers 20 --prefetch 1000
+              courier bench --confirm off --in-flight 5000
+
+            Every transport confirms each message (its contract: nothing confirmed is lost). \
+            With --confirm on a publisher waits for that confirm before its next publish; with \
+            --confirm off it does not wait, keeping up to --in-flight publishes outstanding: \
+            the throughput of an application that pipelines its publishes.
             """
     )
 
@@ -47,8 +53,18 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Un-acked deliveries per consumer.")
     var prefetch: Int = 256
 
+    @Option(help: "on: each publisher waits for the confirm of its publish before the next; off: publishers do not wait, keeping up to --in-flight publishes outstanding.")
+    var confirm: ConfirmMode = .on
+
+    @Option(help: "With --confirm off: publishes outstanding per publisher.")
+    var inFlight: Int = 1000
+
     @Flag(help: "Print the report as JSON.")
     var json = false
+
+    enum ConfirmMode: String, ExpressibleByArgument, Codable, Sendable {
+        case on, off
+    }
 
     @Flag(help: "Run two phases on a command queue instead: publish everything (confirmed), then consume everything (acking each). For comparisons with the raw C clients.")
     var phases = false
@@ -60,8 +76,8 @@ struct Bench: AsyncParsableCommand {
     var destination: String?
 
     func validate() throws {
-        guard messages >= 1, size >= 0, publishers >= 1, consumers >= 1, prefetch >= 1 else {
-            throw ValidationError("--messages, --publishers, --consumers and --prefetch must be at least 1; --size at least 0")
+        guard messages >= 1, size >= 0, publishers >= 1, consumers >= 1, prefetch >= 1, inFlight >= 1 else {
+            throw ValidationError("--messages, --publishers, --consumers, --prefetch and --in-flight must be at least 1; --size at least 0")
         }
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
@@ -86,6 +102,8 @@ struct Bench: AsyncParsableCommand {
         let published = Counter()
         let latencies = LatencyRecorder()
         let (publisherCount, rate, limit) = (publishers, rate, duration.map { Duration.milliseconds(Int($0 * 1000)) })
+        let window = confirm == .on ? 1 : inFlight
+        let failed = Counter()
         let total = duration == nil ? messages : Int.max
         let clock = ContinuousClock()
         let start = clock.now
@@ -107,6 +125,7 @@ struct Bench: AsyncParsableCommand {
                 try await withThrowingTaskGroup(of: Void.self) { tasks in
                     for publisher in 0..<publisherCount {
                         tasks.addTask {
+                            let pipeline = PublishPipeline(window: window, failed: failed)
                             let interval = rate.map { Duration.nanoseconds(Int64(1e9 * Double(publisherCount) / $0)) }
                             let begin = DispatchTime.now().uptimeNanoseconds
                             var index = publisher
@@ -125,11 +144,13 @@ struct Bench: AsyncParsableCommand {
                                 // little cost); at a steady rate, every message does.
                                 let stamped = interval != nil || sent % 64 == 0
                                 let headers = stamped ? [Self.dueHeader: String(due)] : [:]
-                                try await transport.publish(Envelope(payload: payload, headers: headers), to: topic)
+                                let envelope = Envelope(payload: payload, headers: headers)
+                                try await pipeline.submit { try await transport.publish(envelope, to: topic) }
                                 _ = published.increment()
                                 sent += 1
                                 index += publisherCount
                             }
+                            try await pipeline.finish()
                         }
                     }
                     try await tasks.waitForAll()
@@ -138,7 +159,7 @@ struct Bench: AsyncParsableCommand {
                 // Every message is acked: close the consumers still waiting.
                 let idleLimit = Duration.seconds(30)
                 var last = (acked.value, clock.now)
-                while acked.value < published.value {
+                while acked.value < published.value - failed.value {
                     try await Task.sleep(for: .milliseconds(1))
                     if acked.value != last.0 { last = (acked.value, clock.now) } else if clock.now - last.1 > idleLimit { break }
                 }
@@ -161,11 +182,16 @@ struct Bench: AsyncParsableCommand {
             publishers: publishers,
             consumers: consumers,
             rate: rate,
+            confirm: confirm,
+            inFlight: confirm == .off ? inFlight : nil,
             publishSeconds: publishDone.seconds,
             totalSeconds: elapsed.seconds,
             latency: latencies.summary()
         )
         print(json ? report.json : report.text)
+        if failed.value > 0 {
+            throw CourierError(.notConfirmed, "\(failed.value) of \(published.value) publishes were not confirmed")
+        }
         if acked.value < published.value {
             throw CourierError(.timeout, "only \(acked.value) of \(published.value) published messages were delivered")
         }
@@ -233,6 +259,8 @@ struct BenchReport: Codable {
     var publishers: Int
     var consumers: Int
     var rate: Double?
+    var confirm: Bench.ConfirmMode
+    var inFlight: Int?
     var publishSeconds: Double
     var totalSeconds: Double
     var latency: LatencySummary
@@ -243,6 +271,7 @@ struct BenchReport: Codable {
         """
         courier bench — \(transport)
           \(messages) messages of \(size) bytes, \(publishers) publisher(s)\(rate.map { " at \(Int($0)) msg/s" } ?? ""), \(consumers) consumer(s) acking each
+          confirm \(confirm == .on ? "on: each publisher waits for its confirm" : "off: up to \(inFlight ?? 0) publishes outstanding per publisher")
           published in \(String(format: "%.3f", publishSeconds)) s   \(Int(publishedPerSecond)) msg/s
           end to end    \(String(format: "%.3f", totalSeconds)) s   \(Int(messagesPerSecond)) msg/s (published and acked)
           latency       \(latency.text)
@@ -252,11 +281,13 @@ struct BenchReport: Codable {
     var json: String {
         struct Output: Codable {
             var transport: String, messages: Int, size: Int, publishers: Int, consumers: Int, rate: Double?
+            var confirm: Bench.ConfirmMode, inFlight: Int?
             var publishSeconds: Double, totalSeconds: Double, publishedPerSecond: Double, messagesPerSecond: Double
             var latencyMicroseconds: LatencySummary
         }
         let output = Output(
             transport: transport, messages: messages, size: size, publishers: publishers, consumers: consumers, rate: rate,
+            confirm: confirm, inFlight: inFlight,
             publishSeconds: publishSeconds, totalSeconds: totalSeconds,
             publishedPerSecond: publishedPerSecond, messagesPerSecond: messagesPerSecond,
             latencyMicroseconds: latency
@@ -283,6 +314,8 @@ extension Bench {
         let payload = [UInt8](repeating: 0x61, count: size)
         let total = messages
         let (publishers, batch) = (self.publishers, self.batch)
+        let window = confirm == .on ? 1 : max(1, inFlight / batch)
+        let failed = Counter()
         let clock = ContinuousClock()
 
         var start = clock.now
@@ -290,18 +323,24 @@ extension Bench {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for publisher in 0..<publishers {
                 group.addTask {
+                    let pipeline = PublishPipeline(window: window, failed: failed)
                     var index = publisher * batch
                     while index < total {
-                        let count = min(batch, total - index)
-                        try await transport.send((0..<count).map { _ in Envelope(payload: payload) }, to: queue)
+                        let envelopes = (0..<min(batch, total - index)).map { _ in Envelope(payload: payload) }
+                        try await pipeline.submit { try await transport.send(envelopes, to: queue) }
                         index += publishers * batch
                     }
+                    try await pipeline.finish()
                 }
             }
             try await group.waitForAll()
         }
         let publishSeconds = (clock.now - start).seconds
         let publishCPU = ProcessCPU.seconds() - cpuStart
+        if failed.value > 0 {
+            try? await transport.shutdown()
+            throw CourierError(.notConfirmed, "\(failed.value) send calls were not confirmed")
+        }
 
         // Consume time runs from the first delivery: joining a Kafka group takes seconds that
         // say nothing about throughput (the raw baselines count the same way).
@@ -327,7 +366,7 @@ extension Bench {
         } else {
             print("""
                 courier bench --phases — \((try? TransportURL(transportOptions.url).description) ?? "?")
-                  \(total) messages of \(size) bytes; \(publishers) publishers × batches of \(batch) in flight; prefetch \(prefetch)
+                  \(total) messages of \(size) bytes; \(publishers) publishers × \(window) batch(es) of \(batch) in flight (confirm \(confirm.rawValue)); prefetch \(prefetch)
                   publish (confirmed)  \(Int(perSecond.0)) msg/s   \(String(format: "%.2f", cpu.0)) µs CPU/msg
                   consume (acked)      \(Int(perSecond.1)) msg/s   \(String(format: "%.2f", cpu.1)) µs CPU/msg
                 """)
@@ -341,5 +380,41 @@ enum ProcessCPU {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+    }
+}
+
+/// One publisher's outstanding publishes: with a window of 1 each waits for its confirm
+/// before the next starts; with more, up to `window` run at once and a failure is counted
+/// (the run reports it) instead of stopping the publisher.
+final class PublishPipeline: @unchecked Sendable {
+    private let window: Int
+    private let failed: Counter
+    private var running: [Task<Void, Never>] = []
+    private var next = 0
+
+    init(window: Int, failed: Counter) {
+        self.window = window
+        self.failed = failed
+    }
+
+    func submit(_ publish: @escaping @Sendable () async throws -> Void) async throws {
+        if window == 1 { return try await publish() }
+        let failed = self.failed
+        let task = Task {
+            do { try await publish() } catch { _ = failed.increment() }
+        }
+        if running.count < window {
+            running.append(task)
+        } else {
+            // Oldest first: the window slides once the oldest outstanding publish is confirmed.
+            await running[next].value
+            running[next] = task
+            next = (next + 1) % window
+        }
+    }
+
+    func finish() async throws {
+        for task in running { await task.value }
+        running.removeAll()
     }
 }
