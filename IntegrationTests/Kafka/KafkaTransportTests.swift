@@ -374,10 +374,12 @@ struct KafkaTransportTests {
         let first = try await KafkaBroker.connect()
         let second = try await KafkaBroker.connect()
         let one = try await first.subscribe(to: topic, group: "g")
-        let sent = events(400, "e")
+        // A key per message: spread over every partition, and holding one holds back nothing else.
+        let sent = events(400, "e", keys: 400)
         try await first.publish(sent, to: topic)
-        // The first member takes messages and holds some of them un-acked (no keys, so holding
-        // one holds back nothing else) …
+        // The first member takes messages and holds some of them un-acked; its thread fills
+        // the member up to its prefetch limit, so its partitions are paused when the group
+        // rebalances (a partition given back must be fetched again) …
         var arrived: [String] = []
         var held: [Delivery] = []
         let guardian = watchdog(one, .seconds(60))
@@ -399,6 +401,7 @@ struct KafkaTransportTests {
         async let alsoTwo = collect([two], expecting: rest, idle: .seconds(12))
         let (fromOne, fromTwo) = try await (stillOne, alsoTwo)
         print("[kafka fault] rebalance: first member \(arrived.count) before the join and \(fromOne.count) after, second member \(fromTwo.count)")
+        #expect(!fromOne.isEmpty && !fromTwo.isEmpty, "both members read their share after the rebalance")
         arrived += fromOne + fromTwo
         report("a member joined while 20 messages were un-acked", sent: sent, arrived: arrived)
         try await first.shutdown()

@@ -57,6 +57,10 @@ enum KafkaClient {
         rd_kafka_conf_set_log_cb(conf) { rk, level, facility, text in
             KafkaLogs.log(rk, level: level, facility: facility, text: text)
         }
+        // Without an error callback librdkafka logs every error a second time.
+        rd_kafka_conf_set_error_cb(conf) { rk, error, reason, _ in
+            KafkaLogs.error(rk, error, reason: reason)
+        }
         var error = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(type, conf, &error, error.count) else {
             rd_kafka_conf_destroy(conf)
@@ -64,6 +68,30 @@ enum KafkaClient {
         }
         if let logger { KafkaLogs.register(rk, logger) }
         return rk
+    }
+
+    /// Runs `body` on a thread of its own with a short-lived consumer that belongs to
+    /// `groupID` (for its committed offsets) but never commits by itself, passing it `topic`'s
+    /// partition count; closes and destroys the consumer afterwards.
+    static func withShortLivedConsumer<T: Sendable>(
+        configuration: KafkaTransport.Configuration, groupID: String, topic: String, what: String,
+        _ body: @escaping @Sendable (OpaquePointer, Int) throws(CourierError) -> T
+    ) async throws -> T {
+        var properties = properties(configuration.settings)
+        properties.insert(
+            contentsOf: [("group.id", groupID), ("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")],
+            at: properties.count - configuration.settings.properties.count
+        )
+        let conf = SendableHandle(raw: try self.configuration(properties))
+        return try await offload(what) { () throws(CourierError) -> T in
+            let rk = try handle(RD_KAFKA_CONSUMER, conf.raw, logger: configuration.logger)
+            defer { destroy(rk) }
+            rd_kafka_poll_set_consumer(rk)
+            defer { rd_kafka_consumer_close(rk) }
+            let (partitions, error) = KafkaProducer.partitionCount(rk, nil, topic, timeout: configuration.operationTimeout)
+            guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(error, what) }
+            return try body(rk, partitions)
+        }
     }
 
     /// Destroys a client made by ``handle(_:_:logger:)``.
@@ -181,6 +209,18 @@ enum KafkaLogs {
 
     static func deregister(_ name: String) {
         _ = loggers.withLock { $0.removeValue(forKey: name) }
+    }
+
+    /// An error librdkafka reports: fatal ones at error level; the rest are transient (it
+    /// retries, and its log line already said what failed) and go to debug.
+    static func error(_ rk: OpaquePointer?, _ error: Int32, reason: UnsafePointer<CChar>?) {
+        let name = rk.map { String(cString: rd_kafka_name($0)) } ?? ""
+        let logger = loggers.withLock { $0[name] } ?? fallback
+        let fatal = error == RD_KAFKA_RESP_ERR__FATAL.rawValue
+        logger.log(
+            level: fatal ? .error : .debug, "\(reason.map { String(cString: $0) } ?? "")",
+            metadata: ["kafka-client": "\(name)", "kafka-error": "\(String(cString: rd_kafka_err2str(rd_kafka_resp_err_t(rawValue: error))))"]
+        )
     }
 
     static func log(_ rk: OpaquePointer?, level: Int32, facility: UnsafePointer<CChar>?, text: UnsafePointer<CChar>?) {

@@ -636,7 +636,16 @@ final class KafkaGroupMember: @unchecked Sendable {
 
     private func assigned(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
         let list = PartitionList(copying: partitions)
-        logger.debug("partitions assigned", metadata: ["kafka-partitions": "\(list.elements.map { "\(String(cString: $0.topic))[\($0.partition)]" })"])
+        let began = ContinuousClock.now
+        defer {
+            logger.debug(
+                "partitions assigned",
+                metadata: [
+                    "kafka-partitions": "\(list.elements.map { "\(String(cString: $0.topic))[\($0.partition)]" })",
+                    "kafka-assign-duration": "\(ContinuousClock.now - began)",
+                ]
+            )
+        }
         let milliseconds = KafkaClient.milliseconds(timeout)
         let committedError = rd_kafka_committed(rk, list.list, milliseconds)
         var starts: [Position: (offset: Int64, skipBefore: Int64?)] = [:]
@@ -669,6 +678,10 @@ final class KafkaGroupMember: @unchecked Sendable {
             list.elements[index].offset = starts[position]?.offset ?? courier_rdk_offset_invalid()
         }
         rd_kafka_assign(rk, list.list)
+        // librdkafka keeps a partition's pause across an unassign and a new assign: a member
+        // that was at its prefetch limit when the group rebalanced would otherwise never fetch
+        // the partitions it is given back.
+        rd_kafka_resume_partitions(rk, list.list)
         paused = false
         hasJoined = true
         let joiners = state.withLock { state -> [UnsafeContinuation<CourierError?, Never>] in

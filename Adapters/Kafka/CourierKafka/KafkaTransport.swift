@@ -332,19 +332,11 @@ public final class KafkaTransport: Transport {
 /// is reading), commits the new offsets as a member, and leaves.
 enum KafkaRewind {
     static func commit(configuration: KafkaTransport.Configuration, topic: String, groupID: String, position: StartPosition, description: String) async throws {
-        var properties = KafkaClient.properties(configuration.settings)
-        properties.insert(contentsOf: [("group.id", groupID), ("enable.auto.commit", "false")], at: properties.count - configuration.settings.properties.count)
-        let conf = SendableHandle(raw: try KafkaClient.configuration(properties))
         let timeout = configuration.operationTimeout
         let joinTimeout = configuration.joinTimeout
-        try await KafkaClient.offload("rewind") { () throws(CourierError) in
-            let rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf.raw, logger: configuration.logger)
-            defer { KafkaClient.destroy(rk) }
-            rd_kafka_poll_set_consumer(rk)
-            defer { rd_kafka_consumer_close(rk) }
+        try await KafkaClient.withShortLivedConsumer(configuration: configuration, groupID: groupID, topic: topic, what: "rewinding \(description)") {
+            (rk, partitions) throws(CourierError) in
             let milliseconds = KafkaClient.milliseconds(timeout)
-            let (partitions, error) = KafkaProducer.partitionCount(rk, nil, topic, timeout: timeout)
-            guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(error, "rewinding \(description)") }
             let subscription = PartitionList(capacity: 1)
             subscription.add(topic, courier_rdk_partition_ua())
             rd_kafka_subscribe(rk, subscription.list)
@@ -398,21 +390,10 @@ enum KafkaRewind {
 /// (``KafkaTransport/browse(queue:limit:)``).
 enum KafkaBrowse {
     static func read(configuration: KafkaTransport.Configuration, topic: String, groupID: String, limit: Int) async throws -> [Envelope] {
-        var properties = KafkaClient.properties(configuration.settings)
-        properties.insert(
-            contentsOf: [("group.id", groupID), ("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")],
-            at: properties.count - configuration.settings.properties.count
-        )
-        let conf = SendableHandle(raw: try KafkaClient.configuration(properties))
         let timeout = configuration.operationTimeout
-        return try await KafkaClient.offload("browsing \(topic)") { () throws(CourierError) -> [Envelope] in
-            let rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf.raw, logger: configuration.logger)
-            defer { KafkaClient.destroy(rk) }
-            rd_kafka_poll_set_consumer(rk)
-            defer { rd_kafka_consumer_close(rk) }
+        return try await KafkaClient.withShortLivedConsumer(configuration: configuration, groupID: groupID, topic: topic, what: "browsing \(topic)") {
+            (rk, partitions) throws(CourierError) -> [Envelope] in
             let milliseconds = KafkaClient.milliseconds(timeout)
-            let (partitions, error) = KafkaProducer.partitionCount(rk, nil, topic, timeout: timeout)
-            guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(error, "browsing \(topic)") }
             let committed = PartitionList(capacity: partitions)
             for partition in 0..<Int32(partitions) { committed.add(topic, partition) }
             let lookup = rd_kafka_committed(rk, committed.list, milliseconds)
