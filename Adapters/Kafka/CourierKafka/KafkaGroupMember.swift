@@ -464,7 +464,9 @@ final class KafkaGroupMember: @unchecked Sendable {
                 commit(wait: nil, force: recommit)
             }
             let count = messages.withUnsafeMutableBufferPointer { buffer in
-                rd_kafka_consume_batch_queue(queue, 100, buffer.baseAddress, max(1, min(capacity, buffer.count)))
+                // librdkafka returns when the batch is full or the timeout passes: a short
+                // timeout bounds what a message waits for company when traffic is light.
+                rd_kafka_consume_batch_queue(queue, 5, buffer.baseAddress, max(1, min(capacity, buffer.count)))
             }
             if count > 0 { receive(messages[0..<count]) }
         }

@@ -23,7 +23,9 @@ final class KafkaProducer: @unchecked Sendable {
         properties.insert(contentsOf: [
             ("enable.idempotence", "true"),
             ("acks", "all"),
-            ("linger.ms", "5"),
+            // No lingering: a publish waits for its delivery report, so a 5 ms linger (librdkafka's
+            // default) is 5 ms or more added to every confirm; concurrent publishes still batch.
+            ("linger.ms", "0"),
             ("allow.auto.create.topics", settings.topicCreation == .auto ? "true" : "false"),
         ], at: properties.count - settings.properties.count)
         let conf = try KafkaClient.configuration(properties)
