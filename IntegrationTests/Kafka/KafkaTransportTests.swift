@@ -330,6 +330,12 @@ struct KafkaTransportTests {
         try await transport.publish(sent, to: topic)
         mock.clearRequestErrors()
         let arrived = try await collect([subscription], expecting: Set(sent.map(\.id)))
+        if Set(arrived).count < sent.count {
+            // Say whether the broker lacks them (the producer's loss) or the reader missed them.
+            let again = try await transport.subscribe(to: topic, group: "diagnosis", options: SubscriptionOptions(startPosition: .earliest))
+            let stored = try await collect([again], expecting: Set(sent.map(\.id)), idle: .seconds(8))
+            print("[kafka fault] diagnosis: the topic holds \(Set(stored).count) of the \(sent.count) confirmed messages")
+        }
         report("6 produce requests failed", sent: sent, arrived: arrived)
         // The idempotent producer keeps per-key order through its retries.
         let position = Dictionary(uniqueKeysWithValues: sent.enumerated().map { ($1.id, $0) })
