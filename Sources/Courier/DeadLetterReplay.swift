@@ -7,8 +7,8 @@ extension Transport {
     /// origin its headers name (else `origin`), then acked; one not chosen is sent to the back
     /// of the dead-letter queue unchanged, then acked. Nothing is lost if this stops halfway: a
     /// message is acked only after its copy is confirmed. Stops when every message present at
-    /// the start was handled, when a kept copy comes round again, or after 10 s without a
-    /// delivery (another consumer took the rest).
+    /// the start was handled, or after 10 s without a delivery (another consumer took the
+    /// rest); kept copies that come round meanwhile are left in the queue.
     /// - Returns: How many were replayed and kept, and the chosen ids that were not there.
     public func replayDeadLetters(
         of origin: DeliveryOrigin, choosing chosen: @Sendable (Envelope) -> Bool
@@ -30,9 +30,10 @@ extension Transport {
             guard let delivery = next else { break }
             let letter = delivery.envelope
             guard remaining.contains(letter.id) else {
-                // A copy this replay kept (or a duplicate): everything present at the start
-                // that the queue still hands out has been seen. Leave it unsettled.
-                break
+                // A copy this replay kept (or a duplicate): it stays where it is, unsettled, and
+                // the close below returns it. Messages still to come may be on another
+                // partition that has not delivered yet, so keep reading.
+                continue
             }
             if chosen(letter) {
                 try await redeliver([WireFormat.replayable(letter)], to: WireFormat.origin(ofDeadLetter: letter) ?? origin)
