@@ -211,11 +211,16 @@ enum KafkaLogs {
         _ = loggers.withLock { $0.removeValue(forKey: name) }
     }
 
+    /// The client's name and the logger registered for it.
+    private static func logger(for rk: OpaquePointer?) -> (String, Logger) {
+        let name = rk.map { String(cString: rd_kafka_name($0)) } ?? ""
+        return (name, loggers.withLock { $0[name] } ?? fallback)
+    }
+
     /// An error librdkafka reports: fatal ones at error level; the rest are transient (it
     /// retries, and its log line already said what failed) and go to debug.
     static func error(_ rk: OpaquePointer?, _ error: Int32, reason: UnsafePointer<CChar>?) {
-        let name = rk.map { String(cString: rd_kafka_name($0)) } ?? ""
-        let logger = loggers.withLock { $0[name] } ?? fallback
+        let (name, logger) = logger(for: rk)
         let fatal = error == RD_KAFKA_RESP_ERR__FATAL.rawValue
         logger.log(
             level: fatal ? .error : .debug, "\(reason.map { String(cString: $0) } ?? "")",
@@ -224,8 +229,7 @@ enum KafkaLogs {
     }
 
     static func log(_ rk: OpaquePointer?, level: Int32, facility: UnsafePointer<CChar>?, text: UnsafePointer<CChar>?) {
-        let name = rk.map { String(cString: rd_kafka_name($0)) } ?? ""
-        let logger = loggers.withLock { $0[name] } ?? fallback
+        let (name, logger) = logger(for: rk)
         // librdkafka recovers from most errors by itself (a broker down, a lost connection):
         // syslog 3 (error) is a warning here, 0-2 an error.
         let mapped: Logger.Level =

@@ -84,7 +84,7 @@ public final class MessageBus: Sendable {
 
     private var logger: Logger { configuration.logger }
     private let metricsFactory: any MetricsFactory
-    private let tracer: any Tracer
+    let tracer: any Tracer
 
     private struct State {
         var registrations: [ObjectIdentifier: HandlerRegistration] = [:]
@@ -544,8 +544,8 @@ struct Handling<M: IntegrationMessage>: Sendable {
         }
 
         var traceContext = ServiceContext.topLevel
-        bus.tracerForHandlers.extract(envelope.headers, into: &traceContext, using: HeadersExtractor())
-        let span = bus.tracerForHandlers.startSpan("\(delivery.origin.destination) process", context: traceContext, ofKind: .consumer)
+        bus.tracer.extract(envelope.headers, into: &traceContext, using: HeadersExtractor())
+        let span = bus.tracer.startSpan("\(delivery.origin.destination) process", context: traceContext, ofKind: .consumer)
         span.attributes["messaging.system"] = bus.transport.capabilities.system
         span.attributes["messaging.destination.name"] = delivery.origin.destination
         if let group = delivery.origin.group { span.attributes["messaging.consumer.group.name"] = group }
@@ -665,6 +665,3 @@ struct Handling<M: IntegrationMessage>: Sendable {
     }
 }
 
-extension MessageBus {
-    var tracerForHandlers: any Tracer { tracer }
-}

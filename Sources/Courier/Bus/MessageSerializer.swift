@@ -17,18 +17,24 @@ public protocol MessageSerializer: Sendable {
 public struct JSONMessageSerializer: MessageSerializer {
     public var contentType: String { "application/json" }
 
+    // Made once, not per message: their settings never change after init, and encoding and
+    // decoding with them is safe from many threads at once.
+    private let encoder: JSONEncoder
+    private let decoder: JSONDecoder
+
     /// Creates the serializer.
-    public init() {}
+    public init() {
+        encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+    }
 
     public func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        return Array(try encoder.encode(value))
+        Array(try encoder.encode(value))
     }
 
     public func decode<T: Decodable>(_ type: T.Type, from payload: [UInt8]) throws -> T {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return try decoder.decode(type, from: Data(payload))
+        try decoder.decode(type, from: Data(payload))
     }
 }
