@@ -2,7 +2,7 @@
 ///
 /// `description`, `debugDescription` and string interpolation show `******`; only
 /// ``revealed`` gives the value, for handing it to the broker.
-public struct Secret: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible, ExpressibleByStringLiteral {
+public struct Secret: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable, ExpressibleByStringLiteral {
     private let value: String
 
     /// Wraps `value`.
@@ -16,4 +16,6 @@ public struct Secret: Sendable, Hashable, CustomStringConvertible, CustomDebugSt
 
     public var description: String { "******" }
     public var debugDescription: String { "Secret(******)" }
+    /// No children, so `dump` and other mirror-based printers never show the value.
+    public var customMirror: Mirror { Mirror(self, children: [], displayStyle: .struct) }
 }

@@ -41,14 +41,31 @@ public enum TransportURL: Sendable, Hashable, CustomStringConvertible {
 
     /// `string` with any password replaced by `******`, for messages about URLs that may not
     /// even parse.
+    ///
+    /// Everything between the scheme and the string's *last* `@` counts as user info, so a
+    /// password holding a raw `/`, `?`, `#` or `@` is hidden too, as are the forms
+    /// `amqp:user:pw@host` and `amqp:/user:pw@host`. A plain user name (`user:` with no reserved
+    /// character) stays visible; anything less clear is replaced whole. This may hide more than
+    /// the password (an `@` in a query value), never less.
     public static func redacted(_ string: String) -> String {
-        guard let schemeEnd = string.range(of: "://") else { return string }
-        let rest = string[schemeEnd.upperBound...]
-        let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
-        let authority = rest[..<authorityEnd]
-        guard let at = authority.lastIndex(of: "@"),
-            let colon = authority[..<at].firstIndex(of: ":")
-        else { return string }
+        guard let at = string.lastIndex(of: "@") else { return string }
+        guard let separator = string.range(of: "://"), separator.upperBound <= at else {
+            // No `scheme://` before the `@`: hide everything between the scheme's colon (if
+            // any) and the `@`.
+            guard let colon = string.firstIndex(of: ":"), colon < at else { return "******" + string[at...] }
+            var start = string.index(after: colon)
+            while start < at, string[start] == "/" { start = string.index(after: start) }
+            return String(string[..<start]) + "******" + String(string[at...])
+        }
+        let info = string[separator.upperBound..<at]
+        guard let colon = info.firstIndex(of: ":") else {
+            // A user name alone holds no secret, unless it is not a user name at all.
+            return info.contains(where: { "/?#".contains($0) }) ? String(string[..<separator.upperBound]) + "******" + String(string[at...]) : string
+        }
+        let user = info[..<colon]
+        if user.contains(where: { "/?#".contains($0) }) {
+            return String(string[..<separator.upperBound]) + "******" + String(string[at...])
+        }
         return String(string[..<colon]) + ":******" + String(string[at...])
     }
 }

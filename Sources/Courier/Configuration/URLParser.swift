@@ -1,32 +1,64 @@
 /// The hand-written parser behind ``TransportURL``: Foundation's `URL` accepts neither Kafka's
 /// host lists nor RabbitMQ's percent-encoded virtual hosts the way brokers mean them.
+///
+/// Errors never quote user info: the URL is shown through ``TransportURL/redacted(_:)``, and a
+/// part is quoted only when it lies wholly after the URL's last `@` (everything before it may
+/// be a password with a raw reserved character in it).
 struct URLParser {
-    private let original: String
+    private let text: String
     private let shown: String
+    /// The URL's last `@`: nothing before it is ever quoted.
+    private let lastAt: String.Index?
+    /// Whether the query starts before the last `@` (a raw `?` in a password), so that option
+    /// names and values may hold pieces of the password.
+    private var optionsMayHoldSecrets = false
+    /// Whether an `@` lies beyond the authority, as when a password holds a raw `/`, `?` or `#`.
+    private var misplacedAt = false
 
     init(_ string: String) {
-        self.original = string
-        self.shown = TransportURL.redacted(string)
+        self.text = string.trimmingWhitespace()
+        self.shown = TransportURL.redacted(text)
+        self.lastAt = text.lastIndex(of: "@")
     }
 
     private func fail(_ problem: String) -> CourierError {
-        CourierError(.invalidURL, "invalid transport URL '\(shown)': \(problem)")
+        var message = "invalid transport URL '\(shown)': \(problem)"
+        if misplacedAt {
+            message += " (an '@' follows a '/', '?' or '#': if the password holds '/', '?', '#' or '@', percent-encode them as %2F, %3F, %23 and %40)"
+        }
+        return CourierError(.invalidURL, message)
+    }
+
+    /// `'part'`, or a placeholder when `part` starts before the URL's last `@`.
+    private func quote(_ part: Substring) -> String {
+        if let lastAt, part.startIndex < lastAt { return "(not shown: it comes before the URL's last '@' and may hold the password)" }
+        return "'\(part)'"
+    }
+
+    /// `'value'` for an option name or value, or a placeholder when the options may hold
+    /// pieces of a password.
+    private func quoteOption(_ value: String) -> String {
+        optionsMayHoldSecrets ? "(not shown: the options come before the URL's last '@')" : "'\(value)'"
     }
 
     mutating func parse() throws(CourierError) -> TransportURL {
-        let trimmed = original.trimmingWhitespace()
-        guard let separator = trimmed.range(of: "://") else {
+        guard let separator = text.range(of: "://") else {
+            if let lastAt { misplacedAt = text[..<lastAt].contains(":") }
             throw fail("it has no scheme; write memory://, amqp://host, amqps://host or kafka://host:9092")
         }
-        let scheme = trimmed[..<separator.lowerBound].lowercased()
-        var rest = Substring(trimmed[separator.upperBound...])
+        let scheme = text[..<separator.lowerBound]
+        var rest = text[separator.upperBound...]
+        if let lastAt, let end = rest.firstIndex(where: { "/?#".contains($0) }), end < lastAt {
+            misplacedAt = true
+        }
         if let hash = rest.firstIndex(of: "#") {
-            throw fail("fragments ('#\(rest[rest.index(after: hash)...])') are not allowed; percent-encode '#' as %23")
+            throw fail("fragments (\(quote(rest[hash...]))) are not allowed; percent-encode '#' as %23")
         }
         var query: Substring = ""
         if let question = rest.firstIndex(of: "?") {
             query = rest[rest.index(after: question)...]
             rest = rest[..<question]
+            if let lastAt, question < lastAt { optionsMayHoldSecrets = true }
         }
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
         let authority = rest[..<slash]
@@ -39,18 +71,18 @@ struct URLParser {
         }
         var options = try parseQuery(query)
         let result: TransportURL
-        switch scheme {
+        switch scheme.lowercased() {
         case "memory":
             result = .memory(try memory(name: hosts, userInfo: userInfo, path: path, options: &options))
         case "amqp", "amqps":
-            result = .amqp(try amqp(tls: scheme == "amqps", hosts: hosts, userInfo: userInfo, path: path, options: &options))
+            result = .amqp(try amqp(tls: scheme.lowercased() == "amqps", hosts: hosts, userInfo: userInfo, path: path, options: &options))
         case "kafka":
             result = .kafka(try kafka(hosts: hosts, userInfo: userInfo, path: path, options: &options))
         default:
-            throw fail("unknown scheme '\(scheme)'; supported: memory, amqp, amqps, kafka")
+            throw fail("unknown scheme \(quote(scheme)); supported: memory, amqp, amqps, kafka")
         }
         if let unknown = options.keys.sorted().first {
-            throw fail("unknown option '\(unknown)' for \(scheme) URLs; see the TransportURL documentation for the options")
+            throw fail("unknown option \(quoteOption(unknown)) for \(scheme.lowercased()) URLs; see the TransportURL documentation for the options")
         }
         return result
     }
@@ -59,10 +91,10 @@ struct URLParser {
 
     private func memory(name: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError) -> MemorySettings {
         if userInfo != nil { throw fail("memory URLs take no user or password") }
-        if !(path.isEmpty || path == "/") { throw fail("memory URLs take no path ('\(path)')") }
+        if !(path.isEmpty || path == "/") { throw fail("memory URLs take no path (\(quote(path)))") }
         var settings = MemorySettings(brokerName: name.isEmpty ? nil : String(name))
         if let brokerName = settings.brokerName, !DestinationName.isValid(brokerName) {
-            throw fail("broker name '\(brokerName)' must be letters, digits, '.', '_' or '-'")
+            throw fail("broker name \(quote(name)) must be letters, digits, '.', '_' or '-'")
         }
         if let value = options.removeValue(forKey: "capacity") { settings.configuration.queueCapacity = try integer("capacity", value, min: 1) }
         if let value = options.removeValue(forKey: "retention") { settings.configuration.retention = try integer("retention", value, min: 0) }
@@ -72,7 +104,7 @@ struct URLParser {
             switch value {
             case "backpressure": settings.configuration.overflow = .backpressure
             case "reject": settings.configuration.overflow = .reject
-            default: throw fail("option overflow is '\(value)'; use backpressure or reject")
+            default: throw fail("option overflow is \(quoteOption(value)); use backpressure or reject")
             }
         }
         return settings
@@ -97,7 +129,10 @@ struct URLParser {
             settings.virtualHost = "/"
         } else {
             let encoded = path.dropFirst()
-            if encoded.contains("/") { throw fail("the virtual host '\(encoded)' contains '/'; percent-encode it as %2F") }
+            // A raw '@' here is far more often a mistyped user info (amqp:///user:pw@host)
+            // than a virtual host name; refusing it keeps such a password out of descriptions.
+            if encoded.contains("@") { throw fail("the virtual host \(quote(encoded)) contains a raw '@'; percent-encode it as %40") }
+            if encoded.contains("/") { throw fail("the virtual host \(quote(encoded)) contains '/'; percent-encode it as %2F") }
             settings.virtualHost = try decode(encoded, what: "virtual host")
         }
         if let value = options.removeValue(forKey: "heartbeat") { settings.heartbeatSeconds = try integer("heartbeat", value, min: 0, max: 65535) }
@@ -105,7 +140,7 @@ struct URLParser {
         if let value = options.removeValue(forKey: "prefetch") { settings.prefetch = try integer("prefetch", value, min: 1, max: 65535) }
         if let value = options.removeValue(forKey: "frame_max") { settings.frameMax = try integer("frame_max", value, min: 4096) }
         if let value = options.removeValue(forKey: "queue_type") {
-            guard let type = AMQPSettings.QueueType(rawValue: value) else { throw fail("option queue_type is '\(value)'; use classic or quorum") }
+            guard let type = AMQPSettings.QueueType(rawValue: value) else { throw fail("option queue_type is \(quoteOption(value)); use classic or quorum") }
             settings.queueType = type
         }
         let tlsSettings = try tlsOptions(&options, scheme: tls ? "amqps" : "amqp", enabled: tls)
@@ -114,13 +149,13 @@ struct URLParser {
     }
 
     private func kafka(hosts: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError) -> KafkaSettings {
-        if !(path.isEmpty || path == "/") { throw fail("kafka URLs take no path ('\(path)'); topics are named in code") }
+        if !(path.isEmpty || path == "/") { throw fail("kafka URLs take no path (\(quote(path))); topics are named in code") }
         guard !hosts.isEmpty else { throw fail("it names no bootstrap server; write kafka://host:9092[,host2:9092]") }
         var servers: [KafkaSettings.Server] = []
         for part in hosts.split(separator: ",", omittingEmptySubsequences: false) {
-            guard !part.isEmpty else { throw fail("the server list '\(hosts)' has an empty entry") }
+            guard !part.isEmpty else { throw fail("the server list \(quote(hosts)) has an empty entry") }
             let (host, port) = try hostAndPort(part)
-            guard !host.isEmpty else { throw fail("server '\(part)' has no host") }
+            guard !host.isEmpty else { throw fail("server \(quote(part)) has no host") }
             servers.append(KafkaSettings.Server(host: host, port: port ?? 9092))
         }
         var settings = KafkaSettings(bootstrapServers: servers)
@@ -134,18 +169,18 @@ struct URLParser {
         if let value = options.removeValue(forKey: "replication_factor") { settings.replicationFactor = try integer("replication_factor", value, min: -1) }
         if let value = options.removeValue(forKey: "create_topics") {
             guard let creation = KafkaSettings.TopicCreation(rawValue: value.lowercased()) else {
-                throw fail("option create_topics is '\(value)'; use admin, auto or off")
+                throw fail("option create_topics is \(quoteOption(value)); use admin, auto or off")
             }
             settings.topicCreation = creation
         }
         if let value = options.removeValue(forKey: "retry_topics") {
-            guard let flag = Bool(value.lowercased()) else { throw fail("option retry_topics is '\(value)'; use true or false") }
+            guard let flag = Bool(value.lowercased()) else { throw fail("option retry_topics is \(quoteOption(value)); use true or false") }
             settings.retryTopics = flag
         }
         if let value = options.removeValue(forKey: "sasl_mechanism") { settings.saslMechanism = value }
         if let value = options.removeValue(forKey: "security_protocol") {
             let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
-            guard known.contains(value.lowercased()) else { throw fail("option security_protocol is '\(value)'; use one of \(known.joined(separator: ", "))") }
+            guard known.contains(value.lowercased()) else { throw fail("option security_protocol is \(quoteOption(value)); use one of \(known.joined(separator: ", "))") }
             settings.securityProtocol = value.lowercased()
         }
         let usesTLS = settings.securityProtocol.hasSuffix("ssl")
@@ -174,7 +209,7 @@ struct URLParser {
             switch value {
             case "verify_peer": tls.verifyPeer = true
             case "verify_none": tls.verifyPeer = false
-            default: throw fail("option verify is '\(value)'; use verify_peer or verify_none")
+            default: throw fail("option verify is \(quoteOption(value)); use verify_peer or verify_none")
             }
         }
         if (tls.certificateFile == nil) != (tls.keyFile == nil) {
@@ -184,10 +219,12 @@ struct URLParser {
     }
 
     private func credentials(_ userInfo: Substring) throws(CourierError) -> (String, Secret?) {
+        // Neither the user name nor the password is ever quoted in these errors.
         guard let colon = userInfo.firstIndex(of: ":") else {
-            return (try decode(userInfo, what: "user name"), nil)
+            guard let user = URLParser.percentDecode(userInfo) else { throw fail("the user name has an invalid percent-encoding") }
+            return (user, nil)
         }
-        let user = try decode(userInfo[..<colon], what: "user name")
+        guard let user = URLParser.percentDecode(userInfo[..<colon]) else { throw fail("the user name has an invalid percent-encoding") }
         // The password is decoded but never shown, not even in this error.
         guard let password = URLParser.percentDecode(userInfo[userInfo.index(after: colon)...]) else {
             throw fail("the password has an invalid percent-encoding")
@@ -199,11 +236,11 @@ struct URLParser {
         var host: Substring
         var portText: Substring?
         if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { throw fail("the IPv6 address '\(text)' has no closing ']'") }
+            guard let close = text.firstIndex(of: "]") else { throw fail("the IPv6 address \(quote(text)) has no closing ']'") }
             host = text[text.index(after: text.startIndex)..<close]
             let after = text[text.index(after: close)...]
             if !after.isEmpty {
-                guard after.hasPrefix(":") else { throw fail("unexpected '\(after)' after the IPv6 address") }
+                guard after.hasPrefix(":") else { throw fail("unexpected \(quote(after)) after the IPv6 address") }
                 portText = after.dropFirst()
             }
         } else if let colon = text.lastIndex(of: ":") {
@@ -212,12 +249,12 @@ struct URLParser {
         } else {
             host = text
         }
-        for character in host where !(character.isLetter || character.isNumber || ".-_:".contains(character)) {
-            throw fail("the host '\(host)' contains '\(character)'")
+        for index in host.indices where !(host[index].isLetter || host[index].isNumber || ".-_:".contains(host[index])) {
+            throw fail("the host \(quote(host)) contains \(quote(host[index...index]))")
         }
         guard let portText else { return (String(host), nil) }
         guard let port = Int(portText), (1...65535).contains(port) else {
-            throw fail("the port '\(portText)' must be a number from 1 to 65535")
+            throw fail("the port \(quote(portText)) must be a number from 1 to 65535")
         }
         host = host.isEmpty ? "" : host
         return (String(host), port)
@@ -228,9 +265,9 @@ struct URLParser {
         for pair in query.split(separator: "&") {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let key = try decode(parts[0], what: "option name")
-            guard parts.count == 2 else { throw fail("option '\(key)' has no value; write \(key)=VALUE") }
-            guard options[key] == nil else { throw fail("option '\(key)' is given twice") }
-            options[key] = try decode(parts[1], what: "value of option \(key)")
+            guard parts.count == 2 else { throw fail("option \(quoteOption(key)) has no value; write NAME=VALUE") }
+            guard options[key] == nil else { throw fail("option \(quoteOption(key)) is given twice") }
+            options[key] = try decode(parts[1], what: "value of option \(quoteOption(key))")
         }
         return options
     }
@@ -238,7 +275,7 @@ struct URLParser {
     private func integer(_ name: String, _ value: String, min: Int, max: Int = Int.max) throws(CourierError) -> Int {
         guard let number = Int(value), number >= min, number <= max else {
             let range = max == Int.max ? "\(min) or more" : "from \(min) to \(max)"
-            throw fail("option \(name) is '\(value)'; it must be a whole number \(range)")
+            throw fail("option \(name) is \(quoteOption(value)); it must be a whole number \(range)")
         }
         return number
     }
@@ -247,13 +284,13 @@ struct URLParser {
         switch value.lowercased() {
         case "true", "1", "yes": return true
         case "false", "0", "no": return false
-        default: throw fail("option \(name) is '\(value)'; use true or false")
+        default: throw fail("option \(name) is \(quoteOption(value)); use true or false")
         }
     }
 
     private func decode(_ text: Substring, what: String) throws(CourierError) -> String {
         guard let decoded = URLParser.percentDecode(text) else {
-            throw fail("the \(what) '\(text)' has an invalid percent-encoding")
+            throw fail("the \(what) \(quote(text)) has an invalid percent-encoding")
         }
         return decoded
     }
