@@ -253,5 +253,36 @@ struct CourierToolTests {
         let nothing = try await courier(["consume", "--queue", "q", "--timeout", "0.5"], transport: "memory://")
         #expect(nothing.status == 0 && nothing.output.isEmpty)
     }
+
+    /// NaN, infinities, negative and huge numbers in every numeric option: exit status 64
+    /// with a message naming the option, never a crash (SIGILL was "Double value cannot be
+    /// converted to Int").
+    @Test(arguments: [
+        ["consume", "--queue", "q", "--timeout", "nan"],
+        ["consume", "--queue", "q", "--count", "1", "--timeout", "1e300"],
+        ["consume", "--queue", "q", "--timeout", "inf"],
+        ["consume", "--queue", "q", "--timeout=-1"],
+        ["consume", "--queue", "q", "--timeout", "0"],
+        ["consume", "--queue", "q", "--count=-3"],
+        ["consume", "--queue", "q", "--count", "0"],
+        ["tail", "t", "--timeout", "-inf"],
+        ["bench", "--duration", "1e300"],
+        ["bench", "--duration", "nan"],
+        ["bench", "--rate", "1e-300"],
+        ["bench", "--rate", "inf"],
+        ["bench", "--size", "99999999999"],
+        ["bench", "--prefetch", "999999"],
+        ["bench", "--publishers", "0"],
+        ["demo", "--customers", "0"],
+        ["demo", "--idle-timeout", "99999999999"],
+        ["dead-letters", "list", "--queue", "q", "--limit", "0"],
+        ["dead-letters", "show", "x", "--queue", "q", "--limit=-1"],
+    ])
+    func badNumbersAreUsageErrorsNotCrashes(arguments: [String]) async throws {
+        let run = try await courier(arguments, transport: "memory://")
+        #expect(run.status == 64, "courier \(arguments): exit \(run.status), \(run.errors)")
+        let option = arguments.first { $0.hasPrefix("--") && $0 != "--queue" }!.split(separator: "=")[0]
+        #expect(run.errors.contains(option), "the message names \(option): \(run.errors)")
+    }
 }
 }

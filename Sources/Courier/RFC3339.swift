@@ -10,7 +10,7 @@ public enum RFC3339 {
     /// `2026-11-22T08:15:30.123Z`.
     public static func string(from date: Date) -> String {
         // Integer milliseconds, rounded: formatting the Double directly truncates .123 to .122.
-        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded())
+        let milliseconds = date.clampedMillisecondsSince1970
         let (seconds, fraction) = milliseconds.quotientAndRemainder(dividingBy: 1000)
         let (wholeSeconds, positiveFraction) = fraction < 0 ? (seconds - 1, fraction + 1000) : (seconds, fraction)
         // Every message gets a timestamp: format each second once, then only append milliseconds.

@@ -76,13 +76,22 @@ struct Bench: AsyncParsableCommand {
     var destination: String?
 
     func validate() throws {
-        guard messages >= 1, size >= 0, publishers >= 1, consumers >= 1, prefetch >= 1, inFlight >= 1 else {
-            throw ValidationError("--messages, --publishers, --consumers, --prefetch and --in-flight must be at least 1; --size at least 0")
+        try NumericOptions.atLeastOne(messages, "--messages")
+        try NumericOptions.atLeastOne(publishers, "--publishers", maximum: 10_000)
+        try NumericOptions.atLeastOne(consumers, "--consumers", maximum: 10_000)
+        try NumericOptions.atLeastOne(prefetch, "--prefetch", maximum: 65_535)
+        try NumericOptions.atLeastOne(inFlight, "--in-flight", maximum: 1_000_000)
+        try NumericOptions.atLeastOne(batch, "--batch", maximum: 1_000_000)
+        guard (0...Self.maximumSize).contains(size) else {
+            throw ValidationError("--size is \(size); it must be a number of bytes from 0 to \(Self.maximumSize) (64 MiB)")
         }
-        if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
-        if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+        try NumericOptions.seconds(duration, "--duration")
+        try NumericOptions.rate(rate, "--rate")
         if phases && (duration != nil || rate != nil) { throw ValidationError("--phases takes --messages, not --duration or --rate") }
     }
+
+    /// The largest `--size`: 64 MiB, above every broker's default message limit.
+    static let maximumSize = 64 << 20
 
     /// The header carrying when a message was due, in nanoseconds of this process's clock.
     static let dueHeader = "courier-bench-due"
@@ -101,7 +110,7 @@ struct Bench: AsyncParsableCommand {
         let acked = Counter()
         let published = Counter()
         let latencies = LatencyRecorder()
-        let (publisherCount, rate, limit) = (publishers, rate, duration.map { Duration.milliseconds(Int($0 * 1000)) })
+        let (publisherCount, rate, limit) = (publishers, rate, duration.flatMap { Duration.checkedSeconds($0, maximum: NumericOptions.maximumSeconds) })
         let window = confirm == .on ? 1 : inFlight
         let failed = Counter()
         let total = duration == nil ? messages : Int.max

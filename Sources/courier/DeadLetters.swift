@@ -31,7 +31,7 @@ struct DeadLetters: AsyncParsableCommand {
         @Flag(help: "Print each dead letter as one line of JSON (id, time, headers, payload).") var json = false
 
         func validate() throws {
-            guard limit >= 1 else { throw ValidationError("--limit must be at least 1") }
+            try NumericOptions.atLeastOne(limit, "--limit", maximum: 1_000_000)
         }
 
         func run() async throws {
@@ -60,6 +60,7 @@ struct DeadLetters: AsyncParsableCommand {
 
         func validate() throws {
             guard !ids.isEmpty else { throw ValidationError("give the id of at least one dead letter (see dead-letters list)") }
+            try NumericOptions.atLeastOne(limit, "--limit", maximum: 1_000_000)
         }
 
         func run() async throws {

@@ -36,8 +36,8 @@ struct Demo: AsyncParsableCommand {
     var quiet = false
 
     func validate() throws {
-        guard customers >= 1 else { throw ValidationError("--customers must be at least 1") }
-        guard idleTimeout >= 1 else { throw ValidationError("--idle-timeout must be at least 1") }
+        try NumericOptions.atLeastOne(customers, "--customers", maximum: 100_000_000)
+        try NumericOptions.atLeastOne(idleTimeout, "--idle-timeout", maximum: Int(NumericOptions.maximumSeconds))
     }
 
     func run() async throws {

@@ -127,6 +127,46 @@ struct ReadOptions: ParsableArguments {
 
     @Flag(help: "Print each message as one line of JSON (id, attempt, key, time, headers, payload).")
     var json = false
+
+    func validate() throws {
+        try NumericOptions.atLeastOne(count, "--count")
+        _ = try NumericOptions.seconds(timeout, "--timeout")
+    }
+
+    /// `--timeout` as a duration (validated).
+    var idleLimit: Duration? { timeout.flatMap { Duration.checkedSeconds($0, maximum: NumericOptions.maximumSeconds) } }
+}
+
+/// Checks of numeric options, shared by every command: NaN, infinities, negative and huge
+/// values are usage errors (exit status 64) with a message, never a crash.
+enum NumericOptions {
+    /// The longest duration any option takes: one year.
+    static let maximumSeconds: Double = 365 * 86_400
+
+    static func atLeastOne(_ value: Int?, _ name: String, maximum: Int = Int.max) throws {
+        guard let value else { return }
+        guard value >= 1, value <= maximum else {
+            throw ValidationError("\(name) is \(value); it must be a whole number from 1\(maximum == Int.max ? " up" : " to \(maximum)")")
+        }
+    }
+
+    /// `value` seconds, which must be a finite number above 0 and at most a year.
+    @discardableResult
+    static func seconds(_ value: Double?, _ name: String) throws -> Duration? {
+        guard let value else { return nil }
+        guard value > 0, let duration = Duration.checkedSeconds(value, maximum: maximumSeconds), duration > .zero else {
+            throw ValidationError("\(name) is \(value); it must be a number of seconds above 0 and at most \(Int(maximumSeconds)) (a year)")
+        }
+        return duration
+    }
+
+    /// A rate in messages per second: finite, at least 0.001, at most 100 million.
+    static func rate(_ value: Double?, _ name: String) throws {
+        guard let value else { return }
+        guard value.isFinite, value >= 0.001, value <= 100_000_000 else {
+            throw ValidationError("\(name) is \(value); it must be a number of messages per second from 0.001 to 100000000")
+        }
+    }
 }
 
 /// `courier consume`: read a queue, or a topic as a group.
@@ -238,7 +278,7 @@ struct MessagePrinter {
                 if received.increment() == count { break }
             }
         }
-        if let timeout = options.timeout {
+        if let idleLimit = options.idleLimit {
             // Idle timeout: stop once nothing has arrived for `timeout` seconds.
             var last = received.value
             var lastChange = ContinuousClock.now
@@ -247,7 +287,7 @@ struct MessagePrinter {
                 if received.value != last {
                     last = received.value
                     lastChange = .now
-                } else if ContinuousClock.now - lastChange >= .milliseconds(Int(timeout * 1000)) {
+                } else if ContinuousClock.now - lastChange >= idleLimit {
                     break
                 }
             }

@@ -154,8 +154,7 @@ enum KafkaClient {
 
     /// Milliseconds for a librdkafka timeout argument.
     static func milliseconds(_ duration: Duration) -> Int32 {
-        let (seconds, attoseconds) = duration.components
-        return Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+        Int32(clamping: duration.clampedMilliseconds)
     }
 }
 

@@ -402,7 +402,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     private func republish(_ taken: Taken, tag: UInt64, to retryTopic: String, delay: Duration) async throws {
         var copy = taken.pending.envelope
         let due = Date().addingTimeInterval(Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18)
-        copy.headers[Self.retryAtHeader] = String(Int64((due.timeIntervalSince1970 * 1000).rounded(.up)))
+        copy.headers[Self.retryAtHeader] = String(due.clampedMillisecondsSince1970)
         do {
             try await producer.produce([copy], to: retryTopic) { _ in taken.pending.attempt + 1 }
         } catch {
@@ -533,7 +533,7 @@ final class KafkaGroupMember: @unchecked Sendable {
             pending.position = position(raw.rkt.map { rd_kafka_topic_name($0) }, raw.partition)
             arrived.append((pending.position, raw.offset, timestamp, pending))
         }
-        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let now = Date().clampedMillisecondsSince1970
         var notYetDue: [Pending] = []
         let served = state.withLock { state -> [(Waiter, Delivery)] in
             for item in arrived {
@@ -563,7 +563,8 @@ final class KafkaGroupMember: @unchecked Sendable {
         // member that stops first leaves them to the next.
         for pending in notYetDue {
             Task { [self] in
-                try? await Task.sleep(for: .milliseconds(max(0, pending.retryAt! - Int64(Date().timeIntervalSince1970 * 1000))))
+                let (wait, overflow) = pending.retryAt!.subtractingReportingOverflow(Date().clampedMillisecondsSince1970)
+                try? await Task.sleep(for: .milliseconds(overflow ? 0 : max(0, wait)))
                 let served = state.withLock { state -> [(Waiter, Delivery)] in
                     guard pending.epoch == state.epoch, !state.closing else { return [] }
                     state.gate.append(pending)

@@ -395,12 +395,13 @@ final class AMQPConnection: @unchecked Sendable {
             socket = amqp_tcp_socket_new(state)
         }
         guard let socket else { throw CourierError(.unreachable, "librabbitmq could not create a socket") }
-        var timeout = timeval(tv_sec: settings.connectionTimeoutSeconds, tv_usec: 0)
-        let opened = amqp_socket_open_noblock(socket, settings.host, Int32(settings.port), &timeout)
+        let connectionTimeout = min(max(1, settings.connectionTimeoutSeconds), 86_400)
+        var timeout = timeval(tv_sec: connectionTimeout, tv_usec: 0)
+        let opened = amqp_socket_open_noblock(socket, settings.host, Int32(clamping: settings.port), &timeout)
         // No RPC may block the thread forever (a broker that accepts TCP but never answers).
-        var rpcTimeout = timeval(tv_sec: max(30, settings.connectionTimeoutSeconds * 3), tv_usec: 0)
+        var rpcTimeout = timeval(tv_sec: max(30, connectionTimeout * 3), tv_usec: 0)
         _ = amqp_set_rpc_timeout(state, &rpcTimeout)
-        var handshakeTimeout = timeval(tv_sec: settings.connectionTimeoutSeconds, tv_usec: 0)
+        var handshakeTimeout = timeval(tv_sec: connectionTimeout, tv_usec: 0)
         _ = amqp_set_handshake_timeout(state, &handshakeTimeout)
         guard opened == AMQP_STATUS_OK.rawValue else {
             throw CourierError(
@@ -410,7 +411,7 @@ final class AMQPConnection: @unchecked Sendable {
             )
         }
         let login = courier_amqp_login_plain(
-            state, settings.virtualHost, 0, Int32(settings.frameMax), Int32(settings.heartbeatSeconds),
+            state, settings.virtualHost, 0, Int32(clamping: settings.frameMax), Int32(clamping: min(max(0, settings.heartbeatSeconds), 65_535)),
             settings.username, settings.password.revealed
         )
         guard login.reply_type == AMQP_RESPONSE_NORMAL else {

@@ -43,7 +43,8 @@ public struct RabbitMQTopology: Sendable {
 
     /// `delay` in milliseconds, rounded up to two significant digits (at least 1 ms).
     public static func delayBucket(_ delay: Duration) -> Int {
-        let exact = max(1, Int((delay.components.seconds * 1000) + (delay.components.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000))
+        // RabbitMQ takes a TTL of at most 2^32 − 1 ms (about 49 days).
+        let exact = Int(min(max(1, delay.clampedMilliseconds), Int64(UInt32.max)))
         var scale = 1
         while exact / scale >= 100 { scale *= 10 }
         return (exact + scale - 1) / scale * scale

@@ -178,7 +178,7 @@ public final class RabbitMQTransport: Transport {
         let headers = WireFormat.headers(for: envelope, attempt: attempt).map { ($0.key, AMQPCodec.Argument.string($0.value)) }
         let contentType = envelope.contentType
         let id = envelope.id
-        let seconds = UInt64(max(0, envelope.timestamp.timeIntervalSince1970))
+        let seconds = UInt64(max(0, envelope.timestamp.clampedMillisecondsSince1970 / 1000))
         let body = envelope.payload
         return OutgoingMessage(id: id, declare: declare) { state, channel in
             AMQPCodec.withTable(headers) { table in

@@ -64,7 +64,7 @@ public struct RetryPolicy: Sendable, Hashable {
         let initial = initialDelay.seconds
         let base = min(initial * pow(multiplier, Double(max(retry, 1) - 1)), maxDelay.seconds)
         let factor = 1 + jitter * (2 * min(max(random, 0), 1) - 1)
-        return .milliseconds(Int64((min(base * factor, maxDelay.seconds) * 1000).rounded()))
+        return .milliseconds(Int64(clamping: min(base * factor, maxDelay.seconds) * 1000))
     }
 }
 

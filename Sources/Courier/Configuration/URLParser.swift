@@ -136,9 +136,9 @@ struct URLParser {
             settings.virtualHost = try decode(encoded, what: "virtual host")
         }
         if let value = options.removeValue(forKey: "heartbeat") { settings.heartbeatSeconds = try integer("heartbeat", value, min: 0, max: 65535) }
-        if let value = options.removeValue(forKey: "connection_timeout") { settings.connectionTimeoutSeconds = try integer("connection_timeout", value, min: 1) }
+        if let value = options.removeValue(forKey: "connection_timeout") { settings.connectionTimeoutSeconds = try integer("connection_timeout", value, min: 1, max: 86_400) }
         if let value = options.removeValue(forKey: "prefetch") { settings.prefetch = try integer("prefetch", value, min: 1, max: 65535) }
-        if let value = options.removeValue(forKey: "frame_max") { settings.frameMax = try integer("frame_max", value, min: 4096) }
+        if let value = options.removeValue(forKey: "frame_max") { settings.frameMax = try integer("frame_max", value, min: 4096, max: Int(Int32.max)) }
         if let value = options.removeValue(forKey: "queue_type") {
             guard let type = AMQPSettings.QueueType(rawValue: value) else { throw fail("option queue_type is \(quoteOption(value)); use classic or quorum") }
             settings.queueType = type
