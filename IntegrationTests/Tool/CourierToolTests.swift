@@ -284,5 +284,19 @@ struct CourierToolTests {
         let option = arguments.first { $0.hasPrefix("--") && $0 != "--queue" }!.split(separator: "=")[0]
         #expect(run.errors.contains(option), "the message names \(option): \(run.errors)")
     }
+
+    /// `seq 1 100001 | courier send q --transport memory://` hung: the queue was full and no
+    /// consumer can exist in that process. Now it fails at once with queueFull naming the
+    /// capacity, whether the bound is the message count or the bytes.
+    @Test func oneShotCommandsOnMemoryNeverHangAtCapacity() async throws {
+        let lines = (1...100_001).map(String.init).joined(separator: "\n") + "\n"
+        let run = try await Started(["send", "q"], input: lines, transport: "memory://").finish(within: .seconds(60))
+        #expect(run.status == 1, "\(run.errors)")
+        #expect(run.errors.contains("queueFull") && run.errors.contains("100000 messages"), "\(run.errors)")
+        let small = try await courier(["publish", "t"], input: "1\n2\n3\n", transport: "memory://?capacity=2&overflow=backpressure")
+        #expect(small.status == 0, "a topic without groups keeps only its retention: \(small.errors)")
+        let bytes = try await courier(["send", "q"], input: "0123456789\nabcdefghij\n", transport: "memory://?capacity_bytes=15")
+        #expect(bytes.status == 1 && bytes.errors.contains("15 payload bytes"), "\(bytes.errors)")
+    }
 }
 }

@@ -49,4 +49,26 @@ struct TransportOptions: ParsableArguments {
     func connect() async throws -> any Transport {
         try await TransportFactory.connect(url)
     }
+
+    /// Runs `body` on a transport for a one-shot command (publish, send): on `memory://` the
+    /// broker lives in this process and nothing consumes it before the tool exits, so a full
+    /// queue can never drain. Such a queue rejects at once (``CourierError/Code/queueFull``
+    /// naming its capacity) instead of applying back-pressure forever.
+    func withOneShotTransport<T: Sendable>(_ body: (any Transport) async throws -> T) async throws -> T {
+        var parsed = try parsedURL()
+        if case .memory(var settings) = parsed {
+            settings.configuration.overflow = .reject
+            parsed = .memory(settings)
+        }
+        do {
+            return try await Transports.connect(parsed).withShutdown { try await body($0) }
+        } catch let error as CourierError where error.code == .queueFull {
+            guard case .memory(let settings) = parsed else { throw error }
+            throw CourierError(
+                .queueFull,
+                "memory:// lives in this process and nothing consumes it before courier exits, so a queue takes at most \(settings.configuration.queueCapacity) messages or \(settings.configuration.queueByteCapacity) payload bytes (options capacity and capacity_bytes), and nothing is kept once it exits. Use a broker URL (amqp://, kafka://) to keep messages beyond this command",
+                underlying: error
+            )
+        }
+    }
 }

@@ -81,7 +81,7 @@ struct Publish: AsyncParsableCommand {
 
     func run() async throws {
         let envelopes = try messageOptions.envelopes(message)
-        try await transportOptions.withTransport { try await $0.publish(envelopes, to: topic) }
+        try await transportOptions.withOneShotTransport { try await $0.publish(envelopes, to: topic) }
         for envelope in envelopes { print(envelope.id) }
     }
 }
@@ -107,7 +107,7 @@ struct Send: AsyncParsableCommand {
 
     func run() async throws {
         let envelopes = try messageOptions.envelopes(message)
-        try await transportOptions.withTransport { try await $0.send(envelopes, to: queue) }
+        try await transportOptions.withOneShotTransport { try await $0.send(envelopes, to: queue) }
         for envelope in envelopes { print(envelope.id) }
     }
 }

@@ -53,6 +53,67 @@ struct InMemoryTransportTests {
         #expect(published.value == 8)
     }
 
+    /// The bound counts bytes too: with the default configuration, 16 KiB payloads stop at
+    /// 64 MiB, not at 100,000 messages (1.6 GB).
+    @Test func theDefaultByteBudgetBoundsLargePayloads() async throws {
+        let transport = try transport { $0.overflow = .reject }
+        let payload = [UInt8](repeating: 0x61, count: 16 << 10)
+        var stored = 0
+        do {
+            while stored < 100_000 {
+                try await transport.send(Envelope(payload: payload), to: "big")
+                stored += 1
+            }
+            Issue.record("100,000 messages of 16 KiB were stored")
+        } catch let error as CourierError {
+            #expect(error.code == .queueFull)
+            #expect(error.message.contains("67108864 payload bytes"), "\(error.message)")
+        }
+        #expect(stored == (64 << 20) / (16 << 10), "64 MiB of 16 KiB payloads: \(stored)")
+        #expect(InMemoryBroker.Configuration().queueByteCapacity == 64 << 20)
+    }
+
+    @Test func aQueueFullOfBytesMakesPublishersWaitUntilConsumersMakeRoom() async throws {
+        let transport = try transport { $0.queueByteCapacity = 1000 }
+        let group = try await transport.subscribe(to: "events", group: "slow")
+        let published = Counter()
+        let publisher = Task {
+            for _ in 0..<6 {
+                try await transport.publish(Envelope(payload: [UInt8](repeating: 1, count: 400)), to: "events")
+                published.increment()
+            }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(published.value == 2, "two 400-byte messages fit in 1000 bytes; the third waits")
+        var iterator = group.makeAsyncIterator()
+        for _ in 0..<6 { try await iterator.next()!.ack() }
+        try await publisher.value
+        #expect(published.value == 6)
+    }
+
+    @Test func anEmptyQueueTakesOneMessageLargerThanItsByteBudget() async throws {
+        let transport = try transport { $0.queueByteCapacity = 10; $0.overflow = .reject }
+        try await transport.send(Envelope(payload: [UInt8](repeating: 1, count: 100)), to: "q")
+        await #expect(throws: CourierError.self) { try await transport.send(Envelope(payload: [1]), to: "q") }
+        let consumer = try await transport.consume(queue: "q")
+        try await next(consumer).ack()
+        try await transport.send(Envelope(payload: [1]), to: "q")
+    }
+
+    @Test func retentionIsBoundedInBytesToo() async throws {
+        let transport = try transport { $0.retentionBytes = 250 }
+        try await transport.publish((0..<10).map { Envelope(payload: [UInt8](repeating: UInt8($0), count: 100)) }, to: "log")
+        let late = try await transport.subscribe(to: "log", group: "late", options: SubscriptionOptions(startPosition: .earliest))
+        var firstBytes: [UInt8] = []
+        for try await delivery in late {
+            firstBytes.append(delivery.envelope.payload[0])
+            try await delivery.ack()
+            if firstBytes.count == 2 { await late.close() }
+        }
+        #expect(firstBytes == [8, 9])
+        #expect(transport.broker.depth(ofGroup: "late", topic: "log") == 0)
+    }
+
     @Test func aPublisherWaitingForRoomCanBeCancelled() async throws {
         let transport = try transport { $0.queueCapacity = 1 }
         _ = try await transport.subscribe(to: "events", group: "nobody-reads")

@@ -72,8 +72,10 @@ public enum TransportURL: Sendable, Hashable, CustomStringConvertible {
 
 /// `memory://[NAME][?options]`: an in-process broker, private or shared by name.
 ///
-/// Options: `capacity` (messages per queue, default 100000), `overflow` (`backpressure` or
-/// `reject`), `retention` (events per topic kept for replay, default 10000),
+/// Options: `capacity` (messages per queue, default 100000), `capacity_bytes` (payload bytes
+/// per queue, default 67108864 = 64 MiB), `overflow` (`backpressure` or `reject`, at either
+/// bound), `retention` (events per topic kept for replay, default 10000), `retention_bytes`
+/// (payload bytes per topic kept for replay, default 64 MiB),
 /// `max_payload` (bytes, default 1048576), `ordered` (`true` or `false`).
 public struct MemorySettings: Sendable, Hashable, CustomStringConvertible {
     /// The shared broker's name; `nil` for a private broker.

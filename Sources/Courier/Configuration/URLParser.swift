@@ -97,6 +97,8 @@ struct URLParser {
             throw fail("broker name \(quote(name)) must be letters, digits, '.', '_' or '-'")
         }
         if let value = options.removeValue(forKey: "capacity") { settings.configuration.queueCapacity = try integer("capacity", value, min: 1) }
+        if let value = options.removeValue(forKey: "capacity_bytes") { settings.configuration.queueByteCapacity = try integer("capacity_bytes", value, min: 1) }
+        if let value = options.removeValue(forKey: "retention_bytes") { settings.configuration.retentionBytes = try integer("retention_bytes", value, min: 0) }
         if let value = options.removeValue(forKey: "retention") { settings.configuration.retention = try integer("retention", value, min: 0) }
         if let value = options.removeValue(forKey: "max_payload") { settings.configuration.maxPayloadSize = try integer("max_payload", value, min: 0) }
         if let value = options.removeValue(forKey: "ordered") { settings.configuration.ordered = try boolean("ordered", value) }

@@ -19,11 +19,20 @@ public final class InMemoryBroker: Sendable {
         /// The most messages one queue or group holds (waiting, delayed and un-acked).
         /// Default 100,000: memory stays bounded, never grows without limit.
         public var queueCapacity: Int = 100_000
+        /// The most payload bytes one queue or group holds (waiting, delayed and un-acked).
+        /// Default 64 MiB, so that large payloads reach the bound long before
+        /// ``queueCapacity`` does (100,000 × 16 KiB would be 1.6 GB). A queue that is empty
+        /// always takes one message, however large (up to ``maxPayloadSize``). The same
+        /// ``overflow`` policy applies as at the message count.
+        public var queueByteCapacity: Int = 64 << 20
         /// What happens at capacity. Default ``Overflow/backpressure``.
         public var overflow: Overflow = .backpressure
         /// How many recent events each topic retains for replay (`earliest`, timestamps,
         /// rewinds). Default 10,000; 0 turns replay off.
         public var retention: Int = 10_000
+        /// The most payload bytes each topic retains for replay; the oldest events go first.
+        /// Default 64 MiB.
+        public var retentionBytes: Int = 64 << 20
         /// The largest payload accepted, in bytes. Default 1 MiB, as Kafka's default.
         public var maxPayloadSize: Int = 1 << 20
         /// Whether messages with the same key are delivered one at a time, in order, even to
@@ -37,6 +46,12 @@ public final class InMemoryBroker: Sendable {
         public func validate() throws(CourierError) {
             guard queueCapacity >= 1 else {
                 throw CourierError(.invalidConfiguration, "queueCapacity is \(queueCapacity); it must be at least 1")
+            }
+            guard queueByteCapacity >= 1 else {
+                throw CourierError(.invalidConfiguration, "queueByteCapacity is \(queueByteCapacity); it must be at least 1")
+            }
+            guard retentionBytes >= 0 else {
+                throw CourierError(.invalidConfiguration, "retentionBytes is \(retentionBytes); it must be 0 (no replay) or more")
             }
             guard retention >= 0 else {
                 throw CourierError(.invalidConfiguration, "retention is \(retention); it must be 0 (no replay) or more")

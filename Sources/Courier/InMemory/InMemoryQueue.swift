@@ -20,10 +20,12 @@ struct StoredMessage: Sendable {
 final class InMemoryQueue: DeliverySettler {
     let origin: DeliveryOrigin
     let capacity: Int
+    let byteCapacity: Int
     let rejectWhenFull: Bool
     /// Resume waiting publishers once the queue has drained to this many messages, so that a
     /// publisher at capacity wakes once per batch, not once per message.
     private let lowWater: Int
+    private let lowWaterBytes: Int
     private unowned let broker: InMemoryBroker
     private let state: Mutex<State>
 
@@ -33,7 +35,9 @@ final class InMemoryQueue: DeliverySettler {
         let configuration = broker.configuration
         self.capacity = configuration.queueCapacity
         self.rejectWhenFull = configuration.overflow == .reject
+        self.byteCapacity = configuration.queueByteCapacity
         self.lowWater = max(0, capacity - max(1, capacity / 4))
+        self.lowWaterBytes = max(0, byteCapacity - max(1, byteCapacity / 4))
         self.state = Mutex(State(ordered: configuration.ordered))
     }
 
@@ -66,6 +70,8 @@ final class InMemoryQueue: DeliverySettler {
         var waiting: KeyOrderGate<StoredMessage>
         var unacked: [UInt64: InFlight] = [:]
         var held = 0
+        /// Payload bytes of the held messages.
+        var heldBytes = 0
         var nextTag: UInt64 = 1
         var nextID = 1
         var consumers: [Int: Consumer] = [:]
@@ -115,8 +121,19 @@ final class InMemoryQueue: DeliverySettler {
             return wakes
         }
 
-        mutating func publishersToWake(lowWater: Int) -> [UnsafeContinuation<Void, any Error>] {
-            guard !publisherWaiters.isEmpty, held <= lowWater else { return [] }
+        /// Whether a message of `size` payload bytes fits: under both bounds, or the queue is
+        /// empty (one message always fits, however large).
+        func hasRoom(for size: Int, capacity: Int, byteCapacity: Int) -> Bool {
+            held == 0 || (held < capacity && heldBytes + size <= byteCapacity)
+        }
+
+        mutating func release(_ message: StoredMessage) {
+            held -= 1
+            heldBytes -= message.envelope.payload.count
+        }
+
+        mutating func publishersToWake(lowWater: Int, lowWaterBytes: Int) -> [UnsafeContinuation<Void, any Error>] {
+            guard !publisherWaiters.isEmpty, held <= lowWater, heldBytes <= lowWaterBytes else { return [] }
             defer { publisherWaiters.removeAll() }
             return Array(publisherWaiters.values)
         }
@@ -130,8 +147,9 @@ final class InMemoryQueue: DeliverySettler {
             enum Outcome { case stored(Wake?), full, closed }
             let outcome: Outcome = state.withLock { state in
                 if state.closed { return .closed }
-                if state.held >= capacity { return .full }
+                if !state.hasRoom(for: message.envelope.payload.count, capacity: capacity, byteCapacity: byteCapacity) { return .full }
                 state.held += 1
+                state.heldBytes += message.envelope.payload.count
                 state.waiting.append(message)
                 return .stored(state.serveOne(queue: self))
             }
@@ -145,23 +163,23 @@ final class InMemoryQueue: DeliverySettler {
                 if rejectWhenFull {
                     throw CourierError(
                         .queueFull,
-                        "\(origin) holds \(capacity) messages, its capacity; consume faster, raise queueCapacity, or choose the back-pressure overflow policy",
+                        "\(origin) is full (capacity \(capacity) messages or \(byteCapacity) payload bytes; it holds \(count) messages); consume faster, raise queueCapacity or queueByteCapacity (memory:// options capacity and capacity_bytes), or choose the back-pressure overflow policy",
                         isRetriable: true
                     )
                 }
-                try await waitForSpace()
+                try await waitForSpace(size: message.envelope.payload.count)
             }
         }
     }
 
-    private func waitForSpace() async throws {
+    private func waitForSpace(size: Int) async throws {
         let id = state.withLock { $0.makeID() }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 let immediate: Result<Void, any Error>? = state.withLock { state in
                     if state.cancelledWaits.remove(id) != nil { return .failure(CancellationError()) }
                     if state.closed { return .failure(CourierError.transportClosed("waiting for space in \(origin)")) }
-                    if state.held < capacity { return .success(()) }
+                    if state.hasRoom(for: size, capacity: capacity, byteCapacity: byteCapacity) { return .success(()) }
                     state.publisherWaiters[id] = continuation
                     return nil
                 }
@@ -252,9 +270,9 @@ final class InMemoryQueue: DeliverySettler {
         let (publishers, wakes): ([UnsafeContinuation<Void, any Error>], [Wake]) = try state.withLock { state in
             guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
             state.consumers[inFlight.consumer]?.inFlight -= 1
-            state.held -= 1
+            state.release(inFlight.message)
             state.waiting.release(key: inFlight.message.envelope.key)
-            let publishers = state.publishersToWake(lowWater: lowWater)
+            let publishers = state.publishersToWake(lowWater: lowWater, lowWaterBytes: lowWaterBytes)
             return (publishers, state.consumerWaiters.isEmpty ? [] : state.serveAll(queue: self))
         }
         for publisher in publishers { publisher.resume() }
@@ -328,9 +346,9 @@ final class InMemoryQueue: DeliverySettler {
             throw error
         }
         let (publishers, wakes): ([UnsafeContinuation<Void, any Error>], [Wake]) = state.withLock { state in
-            state.held -= 1
+            state.release(message)
             state.waiting.release(key: message.envelope.key)
-            return (state.publishersToWake(lowWater: lowWater), state.serveAll(queue: self))
+            return (state.publishersToWake(lowWater: lowWater, lowWaterBytes: lowWaterBytes), state.serveAll(queue: self))
         }
         for publisher in publishers { publisher.resume() }
         for wake in wakes { wake.resume() }
@@ -350,9 +368,12 @@ final class InMemoryQueue: DeliverySettler {
     /// Replaces the waiting messages with `messages` (a rewind); in-flight ones stay in flight.
     func replace(with messages: [StoredMessage]) {
         let wakes: [Wake] = state.withLock { state in
-            let dropped = state.waiting.removeAll(forgetInFlight: false).count
-            for message in messages { state.waiting.append(message) }
-            state.held += messages.count - dropped
+            for message in state.waiting.removeAll(forgetInFlight: false) { state.release(message) }
+            for message in messages {
+                state.waiting.append(message)
+                state.held += 1
+                state.heldBytes += message.envelope.payload.count
+            }
             return state.serveAll(queue: self)
         }
         for wake in wakes { wake.resume() }

@@ -20,6 +20,7 @@ final class InMemoryTopic: Sendable {
         /// The same queues as `groups`, as an array that publishing copies without hashing.
         var fanOut: [InMemoryQueue] = []
         var log = Deque<LogEntry>()
+        var logBytes = 0
     }
 
     init(name: String, broker: InMemoryBroker) {
@@ -29,11 +30,16 @@ final class InMemoryTopic: Sendable {
 
     /// Stores `envelope` for every group that exists now; with no group it is only logged.
     func publish(_ envelope: Envelope) async throws {
-        let retention = broker.configuration.retention
+        let (retention, retentionBytes) = (broker.configuration.retention, broker.configuration.retentionBytes)
         let groups = state.withLock { state in
-            if retention > 0 {
-                if state.log.count >= retention { state.log.removeFirst() }
+            if retention > 0, retentionBytes > 0 {
+                let size = envelope.payload.count
+                while let first = state.log.first, state.log.count >= retention || state.logBytes + size > retentionBytes {
+                    state.logBytes -= first.envelope.payload.count
+                    state.log.removeFirst()
+                }
                 state.log.append(LogEntry(envelope: envelope, publishedAt: Date()))
+                state.logBytes += size
             }
             return state.fanOut
         }
