@@ -92,18 +92,41 @@ struct KafkaTransportTests {
 
     // MARK: Errors that must be clear and fast
 
-    @Test func unreachableBootstrapServersFailFastWithATypedError() async throws {
-        var configuration = try KafkaTransport.Configuration(url: "kafka://127.0.0.1:1")
-        configuration.operationTimeout = .seconds(2)
+    /// Every bootstrap server refusing: connect fails within a few seconds (it waited the full
+    /// 10 s before), with the default timeout, a typed retriable error.
+    @Test func refusingBootstrapServersFailFastWithATypedError() async throws {
+        let configuration = try KafkaTransport.Configuration(url: "kafka://127.0.0.1:1,127.0.0.1:2")
+        #expect(configuration.connectTimeout == .seconds(10))
         let started = ContinuousClock.now
         do {
             _ = try await KafkaTransport.connect(configuration)
-            Issue.record("connecting to port 1 succeeded")
+            Issue.record("connecting to ports 1 and 2 succeeded")
         } catch let error as CourierError {
             #expect(error.code == .unreachable)
-            #expect(error.message.contains("127.0.0.1:1"))
+            #expect(error.isRetriable)
+            #expect(error.message.contains("127.0.0.1:1"), "\(error.message)")
+            #expect(error.message.contains("refused"), "\(error.message)")
         }
-        #expect(ContinuousClock.now - started < .seconds(6), "no hang")
+        #expect(ContinuousClock.now - started < .seconds(5), "fails fast, not after the 10 s timeout")
+    }
+
+    /// A server that accepts and never answers: connect waits `connection_timeout` (a URL
+    /// option now, as for amqp://), then fails naming it.
+    @Test func connectionTimeoutIsAURLOption() async throws {
+        let silent = try LoopbackServer(.neverAnswer)
+        defer { silent.stop() }
+        let configuration = try KafkaTransport.Configuration(url: "kafka://127.0.0.1:\(silent.port)?connection_timeout=2")
+        #expect(configuration.connectTimeout == .seconds(2))
+        let started = ContinuousClock.now
+        do {
+            _ = try await KafkaTransport.connect(configuration)
+            Issue.record("a silent server counted as a broker")
+        } catch let error as CourierError {
+            #expect(error.code == .unreachable)
+            #expect(error.message.contains("connection_timeout"), "\(error.message)")
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(elapsed >= .seconds(2) && elapsed < .seconds(8), "\(elapsed)")
     }
 
     @Test func badURLsAndPropertiesAreTypedErrors() async throws {

@@ -298,5 +298,41 @@ struct CourierToolTests {
         let bytes = try await courier(["send", "q"], input: "0123456789\nabcdefghij\n", transport: "memory://?capacity_bytes=15")
         #expect(bytes.status == 1 && bytes.errors.contains("15 payload bytes"), "\(bytes.errors)")
     }
+
+    /// `--log-level` and `COURIER_LOG_LEVEL`: librdkafka's connection failures are info lines,
+    /// shown only when asked for; a bad level is a usage error.
+    @Test func theLogLevelIsAnOptionAndLogsGoToStandardError() async throws {
+        let quiet = try await courier(["send", "q", "x"], transport: "kafka://127.0.0.1:1")
+        #expect(quiet.status == 1 && quiet.errors.contains("unreachable"), "\(quiet.errors)")
+        #expect(!quiet.errors.contains("Connect to"), "librdkafka's connection lines stay below the default level: \(quiet.errors)")
+        #expect(quiet.output.isEmpty)
+        let verbose = try await courier(["send", "q", "x", "--log-level", "info"], transport: "kafka://127.0.0.1:1")
+        #expect(verbose.errors.contains("Connect to"), "\(verbose.errors)")
+        #expect(verbose.output.isEmpty, "logs never go to standard output")
+        let bad = try await courier(["send", "q", "x", "--log-level", "loud"], transport: "memory://")
+        #expect(bad.status == 64 && bad.errors.contains("--log-level is 'loud'"), "\(bad.errors)")
+        setenv("COURIER_LOG_LEVEL", "nope", 1)
+        defer { unsetenv("COURIER_LOG_LEVEL") }
+        let badEnvironment = try await courier(["send", "q", "x"], transport: "memory://")
+        #expect(badEnvironment.status == 64 && badEnvironment.errors.contains("COURIER_LOG_LEVEL"), "\(badEnvironment.errors)")
+    }
+
+    /// A payload that is not UTF-8 is printed losslessly by `consume --json`: base64, with a
+    /// field saying so (it was replaced by U+FFFD).
+    @Test func consumeJSONPrintsNonUTF8PayloadsLosslessly() async throws {
+        let queue = unique("binary")
+        let transport = try await RabbitMQBroker.connect()
+        try await transport.withShutdown {
+            try await $0.send([Envelope(payload: [0xFF, 0xFE, 0x00, 0x41]), Envelope(text: "plain")], to: queue)
+        }
+        let run = try await courier(["consume", "--queue", queue, "--count", "2", "--json", "--timeout", "20"])
+        #expect(run.status == 0, "\(run.errors)")
+        let objects = run.lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(objects.count == 2)
+        #expect(objects.first?["payload"] as? String == Data([0xFF, 0xFE, 0x00, 0x41]).base64EncodedString())
+        #expect(objects.first?["payloadEncoding"] as? String == "base64")
+        #expect(objects.last?["payload"] as? String == "plain")
+        #expect(objects.last?["payloadEncoding"] == nil)
+    }
 }
 }

@@ -2,6 +2,8 @@ import Configuration
 import CourierTransports
 import ArgumentParser
 import Courier
+import Logging
+import Synchronization
 
 @main
 struct CourierCommand: AsyncParsableCommand {
@@ -32,6 +34,13 @@ struct CourierCommand: AsyncParsableCommand {
 struct TransportOptions: ParsableArguments {
     @Option(name: .long, help: "Transport URL: memory://, amqp://user:pass@host:5672/vhost, kafka://host:9092.")
     var transport: String?
+
+    @Option(name: .long, help: "Log level on standard error: trace, debug, info, notice, warning, error or critical (default: the COURIER_LOG_LEVEL environment variable, else warning).")
+    var logLevel: String?
+
+    func validate() throws {
+        try ToolLogging.bootstrap(logLevel)
+    }
 
     /// The URL given, else `COURIER_TRANSPORT_URL` (read through swift-configuration's
     /// environment provider, as a service reads it), else `memory://`.
@@ -69,6 +78,33 @@ struct TransportOptions: ParsableArguments {
                 "memory:// lives in this process and nothing consumes it before courier exits, so a queue takes at most \(settings.configuration.queueCapacity) messages or \(settings.configuration.queueByteCapacity) payload bytes (options capacity and capacity_bytes), and nothing is kept once it exits. Use a broker URL (amqp://, kafka://) to keep messages beyond this command",
                 underlying: error
             )
+        }
+    }
+}
+
+/// The tool's logging: every log line (the adapters', librdkafka's through them, the bus's)
+/// goes to standard error at the level `--log-level` or `COURIER_LOG_LEVEL` chooses, so that
+/// standard output carries only what the command prints.
+enum ToolLogging {
+    static let levels = Logger.Level.allCases.map(\.rawValue)
+    private static let done = Mutex(false)
+
+    static func bootstrap(_ option: String?) throws {
+        let fromEnvironment = ProcessEnvironment.value("COURIER_LOG_LEVEL")
+        let text = option ?? fromEnvironment ?? "warning"
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            let source = option != nil ? "--log-level" : "COURIER_LOG_LEVEL"
+            throw ValidationError("\(source) is '\(text)'; use one of \(levels.joined(separator: ", "))")
+        }
+        let first = done.withLock { done in
+            defer { done = true }
+            return !done
+        }
+        guard first else { return }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
         }
     }
 }

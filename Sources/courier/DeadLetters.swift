@@ -175,8 +175,8 @@ enum DeadLetterFormat {
             "id": letter.id,
             "time": RFC3339.string(from: letter.timestamp),
             "headers": letter.headers,
-            "payload": String(decoding: letter.payload, as: UTF8.self),
         ]
+        object.merge(MessagePrinter.payloadFields(letter.payload)) { $1 }
         if let key = letter.key { object["key"] = key }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)

@@ -125,7 +125,7 @@ struct ReadOptions: ParsableArguments {
     @Option(help: "Stop when no message arrives for this many seconds (exit status 3 if --count was not reached).")
     var timeout: Double?
 
-    @Flag(help: "Print each message as one line of JSON (id, attempt, key, time, headers, payload).")
+    @Flag(help: "Print each message as one line of JSON (id, attempt, key, time, headers, payload; a payload that is not UTF-8 is base64 with \"payloadEncoding\":\"base64\").")
     var json = false
 
     func validate() throws {
@@ -320,6 +320,13 @@ struct MessagePrinter {
         return String(decoding: envelope.payload, as: UTF8.self)
     }
 
+    /// `payload` as UTF-8 text when it is valid UTF-8; otherwise losslessly as base64, with
+    /// `"payloadEncoding": "base64"` saying so.
+    static func payloadFields(_ payload: [UInt8]) -> [String: Any] {
+        if let text = String(validating: payload, as: UTF8.self) { return ["payload": text] }
+        return ["payload": Data(payload).base64EncodedString(), "payloadEncoding": "base64"]
+    }
+
     static func json(_ delivery: Delivery) -> String {
         let envelope = delivery.envelope
         var object: [String: Any] = [
@@ -328,8 +335,8 @@ struct MessagePrinter {
             "origin": delivery.origin.description,
             "time": RFC3339.string(from: envelope.timestamp),
             "headers": envelope.headers,
-            "payload": String(decoding: envelope.payload, as: UTF8.self),
         ]
+        object.merge(payloadFields(envelope.payload)) { $1 }
         if let key = envelope.key { object["key"] = key }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)

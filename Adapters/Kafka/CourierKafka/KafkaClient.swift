@@ -199,6 +199,12 @@ final class PartitionList {
 /// the log callback on its threads with the client handle; the handle's name finds the logger.
 enum KafkaLogs {
     private static let loggers = Mutex<[String: Logger]>([:])
+    /// Clients being connected, with how often librdkafka said all their brokers are down.
+    private static let brokersDown = Mutex<[String: Int]>([:])
+
+    static func watchBrokersDown(_ name: String) { brokersDown.withLock { $0[name] = 0 } }
+    static func unwatchBrokersDown(_ name: String) { _ = brokersDown.withLock { $0.removeValue(forKey: name) } }
+    static func brokersDownCount(_ name: String) -> Int { brokersDown.withLock { $0[name] ?? 0 } }
     private static let fallback = Logger(label: "courier.kafka")
 
     static func register(_ rk: OpaquePointer, _ logger: Logger) {
@@ -221,8 +227,10 @@ enum KafkaLogs {
     static func error(_ rk: OpaquePointer?, _ error: Int32, reason: UnsafePointer<CChar>?) {
         let (name, logger) = logger(for: rk)
         let fatal = error == RD_KAFKA_RESP_ERR__FATAL.rawValue
+        let allDown = error == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN.rawValue
+        if allDown { brokersDown.withLock { counts in counts[name].map { counts[name] = $0 + 1 } } }
         logger.log(
-            level: fatal ? .error : .debug, "\(reason.map { String(cString: $0) } ?? "")",
+            level: fatal ? .error : allDown ? .warning : .debug, "\(reason.map { String(cString: $0) } ?? "")",
             metadata: ["kafka-client": "\(name)", "kafka-error": "\(String(cString: rd_kafka_err2str(rd_kafka_resp_err_t(rawValue: error))))"]
         )
     }
@@ -230,11 +238,14 @@ enum KafkaLogs {
     static func log(_ rk: OpaquePointer?, level: Int32, facility: UnsafePointer<CChar>?, text: UnsafePointer<CChar>?) {
         let (name, logger) = logger(for: rk)
         // librdkafka recovers from most errors by itself (a broker down, a lost connection):
-        // syslog 3 (error) is a warning here, 0-2 an error.
+        // syslog 3 (error) is a warning here, 0-2 an error. A failed connection to one broker
+        // (facility FAIL, retried by librdkafka) is info: "all brokers down" comes through
+        // the error callback as a warning.
+        let connectionFailure = facility.map { strcmp($0, "FAIL") == 0 } ?? false
         let mapped: Logger.Level =
             switch level {
             case ...2: .error
-            case 3: .warning
+            case 3: connectionFailure ? .info : .warning
             case 4...5: .notice
             case 6: .info
             default: .debug

@@ -81,6 +81,11 @@ public final class KafkaTransport: Transport {
         /// Limit for one broker operation: connecting, metadata, topic creation, offset
         /// lookups. Default 10 s.
         public var operationTimeout: Duration = .seconds(10)
+        /// How long ``KafkaTransport/connect(_:)-(Configuration)`` waits for a bootstrap server.
+        /// Default: the settings' ``KafkaSettings/connectionTimeoutSeconds`` (URL
+        /// `connection_timeout`, 10 s). When every bootstrap server refuses the connection,
+        /// connecting fails after librdkafka's reconnect attempts, well before this.
+        public var connectTimeout: Duration
         /// Limit for joining a consumer group. Default 60 s.
         public var joinTimeout: Duration = .seconds(60)
         /// How long ``KafkaTransport/shutdown()`` waits for messages still in flight. Default 10 s.
@@ -95,6 +100,7 @@ public final class KafkaTransport: Transport {
         /// A configuration for `settings`, with the documented defaults.
         public init(settings: KafkaSettings) {
             self.settings = settings
+            self.connectTimeout = .seconds(min(max(1, settings.connectionTimeoutSeconds), 86_400))
         }
 
         /// A configuration from a `kafka://` URL.
@@ -135,25 +141,43 @@ public final class KafkaTransport: Transport {
     }
 
     /// Connects to a cluster: creates the producer and checks that a bootstrap server
-    /// answers within ``Configuration/operationTimeout``.
+    /// answers within ``Configuration/connectTimeout``, failing sooner when librdkafka has
+    /// reported every bootstrap server down and none came up in the second after the first try
+    /// (librdkafka reconnects meanwhile).
     public static func connect(_ configuration: Configuration) async throws -> KafkaTransport {
         let producer = try KafkaProducer(settings: configuration.settings, logger: configuration.logger)
         let rk = SendableHandle(raw: producer.rk)
-        let timeout = configuration.operationTimeout
+        let timeout = configuration.connectTimeout
+        let name = String(cString: rd_kafka_name(producer.rk))
+        KafkaLogs.watchBrokersDown(name)
+        defer { KafkaLogs.unwatchBrokersDown(name) }
         do {
             try await KafkaClient.offload("connect") { () throws(CourierError) in
-                var metadata: UnsafePointer<rd_kafka_metadata>?
-                let error = rd_kafka_metadata(rk.raw, 0, nil, &metadata, KafkaClient.milliseconds(timeout))
-                if let metadata { rd_kafka_metadata_destroy(metadata) }
-                guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                    let servers = configuration.settings.description
-                    if error == RD_KAFKA_RESP_ERR__TIMED_OUT || error == RD_KAFKA_RESP_ERR__TRANSPORT || error == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN {
+                let servers = configuration.settings.description
+                let start = ContinuousClock.now
+                let deadline = start + timeout
+                while true {
+                    let wait = min(.milliseconds(250), max(.milliseconds(1), deadline - .now))
+                    var metadata: UnsafePointer<rd_kafka_metadata>?
+                    let error = rd_kafka_metadata(rk.raw, 0, nil, &metadata, KafkaClient.milliseconds(wait))
+                    if let metadata { rd_kafka_metadata_destroy(metadata) }
+                    if error == RD_KAFKA_RESP_ERR_NO_ERROR { return }
+                    let transient = error == RD_KAFKA_RESP_ERR__TIMED_OUT || error == RD_KAFKA_RESP_ERR__TRANSPORT || error == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN
+                    guard transient else { throw KafkaClient.error(error, "connecting to \(servers)") }
+                    if KafkaLogs.brokersDownCount(name) >= 1, ContinuousClock.now - start >= .seconds(1) {
                         throw CourierError(
                             .unreachable,
-                            "no Kafka bootstrap server of \(servers) answered within \(timeout) (\(KafkaClient.describe(error))); check the addresses and that the brokers are up"
+                            "every Kafka bootstrap server of \(servers) refused the connection or closed it, and none came up within a second of reconnects; check the addresses and that the brokers are up",
+                            isRetriable: true
                         )
                     }
-                    throw KafkaClient.error(error, "connecting to \(servers)")
+                    if ContinuousClock.now >= deadline {
+                        throw CourierError(
+                            .unreachable,
+                            "no Kafka bootstrap server of \(servers) answered within \(timeout) (\(KafkaClient.describe(error))); check the addresses and that the brokers are up, or raise connection_timeout",
+                            isRetriable: true
+                        )
+                    }
                 }
             }
         } catch {

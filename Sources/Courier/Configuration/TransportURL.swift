@@ -160,7 +160,9 @@ public struct AMQPSettings: Sendable, Hashable, CustomStringConvertible {
 /// Courier creates, default 4), `replication_factor` (default -1, the broker's default),
 /// `security_protocol` (`plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`), `sasl_mechanism`,
 /// `cacertfile`, `certfile`, `keyfile`, `verify`, `create_topics` (`admin`, `auto` or `off`;
-/// see ``TopicCreation``), `retry_topics` (`true` or `false`; see ``retryTopics``), and any
+/// see ``TopicCreation``), `retry_topics` (`true` or `false`; see ``retryTopics``),
+/// `connection_timeout` (seconds to wait for a bootstrap server at connect, default 10, as for
+/// `amqp://`; when every server refuses, connect fails sooner), and any
 /// librdkafka property prefixed `rdkafka.`
 /// (`rdkafka.linger.ms=5`). User and password in the URL are the SASL credentials.
 public struct KafkaSettings: Sendable, Hashable, CustomStringConvertible {
@@ -199,6 +201,10 @@ public struct KafkaSettings: Sendable, Hashable, CustomStringConvertible {
     /// message no longer holds back later messages of its key) instead of redelivering it in
     /// order from the consuming process. Default false; URL `retry_topics=true`.
     public var retryTopics = false
+    /// How long connecting waits for a bootstrap server to answer, in seconds. Default 10; URL
+    /// `connection_timeout`. When every bootstrap server refuses the connection, connecting
+    /// fails after librdkafka's reconnect attempts (about a second), without waiting this long.
+    public var connectionTimeoutSeconds = 10
     public var securityProtocol: String = "plaintext"
     public var saslMechanism: String?
     public var username: String?

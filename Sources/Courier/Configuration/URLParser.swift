@@ -167,6 +167,7 @@ struct URLParser {
             settings.password = password
         }
         if let value = options.removeValue(forKey: "client_id") { settings.clientID = value }
+        if let value = options.removeValue(forKey: "connection_timeout") { settings.connectionTimeoutSeconds = try integer("connection_timeout", value, min: 1, max: 86_400) }
         if let value = options.removeValue(forKey: "partitions") { settings.partitions = try integer("partitions", value, min: 1) }
         if let value = options.removeValue(forKey: "replication_factor") { settings.replicationFactor = try integer("replication_factor", value, min: -1) }
         if let value = options.removeValue(forKey: "create_topics") {
