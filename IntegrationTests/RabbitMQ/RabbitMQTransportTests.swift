@@ -38,6 +38,50 @@ struct RabbitMQTransportTests {
         }
     }
 
+    /// A wrong password is an authentication failure, not retriable.
+    @Test func wrongCredentialsAreNotRetriable() async throws {
+        var settings = RabbitMQBroker.settings
+        settings.password = Secret("another-wrong-password")
+        await #expect {
+            _ = try await RabbitMQTransport.connect(.init(settings: settings))
+        } throws: { error in
+            (error as? CourierError).map { $0.code == .authenticationFailed && !$0.isRetriable } ?? false
+        }
+    }
+
+    /// An unknown virtual host (530 NOT_ALLOWED) is a configuration error that names the
+    /// vhost and says how to create it, not a retriable "unreachable".
+    @Test func anUnknownVirtualHostIsAConfigurationError() async throws {
+        var settings = RabbitMQBroker.settings
+        settings.virtualHost = "no-such-vhost-\(MessageID.random().prefix(6))"
+        do {
+            _ = try await RabbitMQTransport.connect(.init(settings: settings))
+            Issue.record("an unknown vhost was accepted")
+        } catch let error as CourierError {
+            #expect(error.code == .invalidConfiguration, "\(error)")
+            #expect(!error.isRetriable)
+            #expect(error.message.contains(settings.virtualHost) && error.message.contains("add_vhost"), "\(error.message)")
+        }
+    }
+
+    /// A server that accepts the TCP connection and closes it (a broker starting up, a proxy,
+    /// another service on the port) is a retriable connection failure, never "check the user
+    /// name and password".
+    @Test func aServerThatClosesTheConnectionIsRetriableAndNotAnAuthenticationFailure() async throws {
+        for behaviour in [LoopbackServer.Behaviour.closeAtOnce, .neverAnswer] {
+            let server = try LoopbackServer(behaviour)
+            defer { server.stop() }
+            do {
+                _ = try await RabbitMQTransport.connect("amqp://guest:guest@127.0.0.1:\(server.port)/?connection_timeout=1")
+                Issue.record("a server that is not RabbitMQ was accepted")
+            } catch let error as CourierError {
+                #expect(error.code == .unreachable, "\(behaviour): \(error)")
+                #expect(error.isRetriable)
+                #expect(!error.message.contains("password"), "\(error.message)")
+            }
+        }
+    }
+
     @Test func aBadURLIsRefusedBeforeConnecting() async throws {
         await #expect(throws: CourierError.self) { _ = try await RabbitMQTransport.connect("kafka://localhost:9092") }
         await #expect(throws: CourierError.self) { _ = try await RabbitMQTransport.connect("amqp://host:notaport/") }

@@ -415,16 +415,7 @@ final class AMQPConnection: @unchecked Sendable {
             settings.username, settings.password.revealed
         )
         guard login.reply_type == AMQP_RESPONSE_NORMAL else {
-            let detail = Self.describe(login)
-            if detail.contains("ACCESS_REFUSED") || detail.contains("403") || login.library_error == AMQP_STATUS_CONNECTION_CLOSED.rawValue
-                || login.library_error == AMQP_STATUS_SOCKET_ERROR.rawValue
-            {
-                throw CourierError(
-                    .authenticationFailed,
-                    "RabbitMQ at \(settings.host):\(settings.port) refused user '\(settings.username)' on virtual host '\(settings.virtualHost)' (\(detail)); check the user name, password and vhost permissions"
-                )
-            }
-            throw CourierError(.unreachable, "logging in to RabbitMQ at \(settings.host):\(settings.port) failed: \(detail)", isRetriable: true)
+            throw Self.loginError(login, settings: settings)
         }
         self.state = state
         ok = true
@@ -663,6 +654,39 @@ final class AMQPConnection: @unchecked Sendable {
         default:
             throw lost("\(what): \(Self.describe(reply))")
         }
+    }
+
+    /// What a failed login means. Only the broker's own refusal (`connection.close` 403
+    /// ACCESS_REFUSED, which RabbitMQ sends because librabbitmq announces
+    /// `authentication_failure_close`) is an authentication failure; an unknown virtual host or
+    /// missing permission on it (530 NOT_ALLOWED) is a configuration error; a socket closed or
+    /// timed out before the broker's reply is a connection failure worth retrying (a broker
+    /// starting or stopping, a proxy, or a server that is not RabbitMQ).
+    static func loginError(_ login: amqp_rpc_reply_t, settings: AMQPSettings) -> CourierError {
+        let detail = describe(login)
+        let server = "RabbitMQ at \(settings.host):\(settings.port)"
+        if login.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION, login.reply.id == AMQP_CONNECTION_CLOSE_METHOD {
+            let code = login.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee.reply_code
+            switch Int32(code) {
+            case AMQP_ACCESS_REFUSED:
+                return CourierError(
+                    .authenticationFailed,
+                    "\(server) refused user '\(settings.username)' (\(detail)); check the user name and password"
+                )
+            case AMQP_NOT_ALLOWED:
+                return CourierError(
+                    .invalidConfiguration,
+                    "\(server) does not let user '\(settings.username)' use virtual host '\(settings.virtualHost)' (\(detail)); create it (rabbitmqctl add_vhost) and grant permissions (rabbitmqctl set_permissions), or fix the URL's path"
+                )
+            default:
+                break
+            }
+        }
+        return CourierError(
+            .unreachable,
+            "\(server) closed or dropped the connection before answering the login (\(detail)); check that the broker has started and that this is its AMQP port, not another server's",
+            isRetriable: true
+        )
     }
 
     static func describe(_ reply: amqp_rpc_reply_t) -> String {
