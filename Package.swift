@@ -126,7 +126,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CourierIntegrationTests",
-            dependencies: ["Courier", "CourierConformance", "CourierRabbitMQ", "CourierKafka", "CourierTransports"],
+            dependencies: ["Courier", "CourierConformance", "CourierRabbitMQ", "CRabbitMQ", "CourierKafka", "CourierTransports"],
             path: "IntegrationTests",
             exclude: ["README.md"],
             swiftSettings: strictness

@@ -342,6 +342,7 @@ final class AMQPConnection: @unchecked Sendable {
                 if properties._flags & amqp_flags_t(AMQP_BASIC_TIMESTAMP_FLAG) != 0 {
                     assembly.delivery.timestamp = properties.timestamp
                 }
+                AMQPProperties.addHeaders(from: properties, to: &assembly.delivery.headers)
             }
             assembly.delivery.body.reserveCapacity(assembly.expected)
             assembling[channel] = assembly
@@ -846,5 +847,25 @@ final class ConfirmSink: @unchecked Sendable {
             self.continuation = nil
             continuation.resume(throwing: error)
         }
+    }
+}
+
+/// The standard AMQP basic properties as Courier headers on receive (see
+/// ``RabbitMQTransport/propertyHeaders``): a header of the same name, when the message
+/// carries one, wins over the property.
+enum AMQPProperties {
+    static func addHeaders(from properties: amqp_basic_properties_t, to headers: inout [String: String]) {
+        let flags = properties._flags
+        func add(_ flag: Int32, _ name: String, _ value: @autoclosure () -> amqp_bytes_t) {
+            guard flags & amqp_flags_t(flag) != 0, headers[name] == nil else { return }
+            headers[name] = AMQPCodec.string(value())
+        }
+        add(AMQP_BASIC_CONTENT_TYPE_FLAG, CourierHeader.contentType, properties.content_type)
+        add(AMQP_BASIC_CONTENT_ENCODING_FLAG, RabbitMQTransport.PropertyHeader.contentEncoding, properties.content_encoding)
+        add(AMQP_BASIC_CORRELATION_ID_FLAG, CourierHeader.correlationID, properties.correlation_id)
+        add(AMQP_BASIC_TYPE_FLAG, CourierHeader.type, properties.type)
+        add(AMQP_BASIC_APP_ID_FLAG, CourierHeader.source, properties.app_id)
+        add(AMQP_BASIC_REPLY_TO_FLAG, RabbitMQTransport.PropertyHeader.replyTo, properties.reply_to)
+        add(AMQP_BASIC_EXPIRATION_FLAG, RabbitMQTransport.PropertyHeader.expiration, properties.expiration)
     }
 }
