@@ -50,8 +50,11 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Competing consumers in one group.")
     var consumers: Int = 1
 
-    @Option(help: "Un-acked deliveries per consumer.")
-    var prefetch: Int = 256
+    @Option(name: .customLong("prefetch"), help: "Un-acked deliveries per consumer (default 256; with --bus, the bus's default: concurrency + 32).")
+    var prefetchOption: Int?
+
+    /// `--prefetch`, default 256.
+    var prefetch: Int { prefetchOption ?? 256 }
 
     @Option(help: "on: each publisher waits for the confirm of its publish before the next; off: publishers do not wait, keeping up to --in-flight publishes outstanding.")
     var confirm: ConfirmMode = .on
@@ -69,6 +72,12 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "Run two phases on a command queue instead: publish everything (confirmed), then consume everything (acking each). For comparisons with the raw C clients.")
     var phases = false
 
+    @Flag(help: "Measure the bus instead: a MessageBus handler with default options drains --messages commands (decode, handle, ack).")
+    var bus = false
+
+    @Option(help: "With --bus: the percentage of messages that are invalid JSON (dead-lettered by the bus); the run is measured clean and poisoned, and the ratio printed.")
+    var poison: Double?
+
     @Option(help: "With --phases: messages per send call; publishers × batch messages are in flight.")
     var batch: Int = 100
 
@@ -79,7 +88,7 @@ struct Bench: AsyncParsableCommand {
         try NumericOptions.atLeastOne(messages, "--messages")
         try NumericOptions.atLeastOne(publishers, "--publishers", maximum: 10_000)
         try NumericOptions.atLeastOne(consumers, "--consumers", maximum: 10_000)
-        try NumericOptions.atLeastOne(prefetch, "--prefetch", maximum: 65_535)
+        try NumericOptions.atLeastOne(prefetchOption, "--prefetch", maximum: 65_535)
         try NumericOptions.atLeastOne(inFlight, "--in-flight", maximum: 1_000_000)
         try NumericOptions.atLeastOne(batch, "--batch", maximum: 1_000_000)
         guard (0...Self.maximumSize).contains(size) else {
@@ -88,6 +97,11 @@ struct Bench: AsyncParsableCommand {
         try NumericOptions.seconds(duration, "--duration")
         try NumericOptions.rate(rate, "--rate")
         if phases && (duration != nil || rate != nil) { throw ValidationError("--phases takes --messages, not --duration or --rate") }
+        if bus && (phases || duration != nil || rate != nil) { throw ValidationError("--bus takes --messages and --poison, not --phases, --duration or --rate") }
+        if let poison {
+            guard bus else { throw ValidationError("--poison goes with --bus") }
+            guard poison.isFinite, poison > 0, poison <= 50 else { throw ValidationError("--poison is \(poison); it must be a percentage above 0 and at most 50") }
+        }
     }
 
     /// The largest `--size`: 64 MiB, above every broker's default message limit.
@@ -98,6 +112,7 @@ struct Bench: AsyncParsableCommand {
 
     func run() async throws {
         if phases { return try await runPhases() }
+        if bus { return try await runBus() }
         let transport = try await transportOptions.connect()
         let topic = destination ?? "courier-bench-\(UInt32.random(in: 0...UInt32.max))"
         let group = "bench-\(UInt32.random(in: 0...UInt32.max))"

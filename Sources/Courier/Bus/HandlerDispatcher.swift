@@ -6,6 +6,12 @@ import Synchronization
 /// `process`, at most `concurrency` at once, never two with the same key at once and each
 /// key in arrival order.
 ///
+/// `process` may return a *settlement* still to finish (a dead-letter publish waiting for its
+/// broker confirm): the delivery's slot is freed at once, so the next message is handled while
+/// the settlement completes, but its key stays busy until then, so a later message of the
+/// same key never overtakes it. Settlements are bounded by the prefetch (their deliveries
+/// stay unsettled until they finish), and stopping waits for them like running handlers.
+///
 /// A slot is taken before a delivery is taken from the subscription, so the registration
 /// never holds more than `concurrency` deliveries (running or waiting behind their key).
 /// Stopping ends intake (the subscription's `next()` is cancelled), lets running handlers
@@ -15,7 +21,10 @@ final class HandlerDispatcher: Sendable {
     private let subscription: Subscription
     private let concurrency: Int
     private let logger: Logger
-    private let process: @Sendable (Delivery) async -> Void
+    private let process: @Sendable (Delivery) async -> Settlement?
+
+    /// What remains to settle a delivery after its handler decided its fate.
+    typealias Settlement = @Sendable () async -> Void
 
     private struct State {
         var free: Int
@@ -31,7 +40,7 @@ final class HandlerDispatcher: Sendable {
     }
     private let state: Mutex<State>
 
-    init(subscription: Subscription, concurrency: Int, logger: Logger, process: @escaping @Sendable (Delivery) async -> Void) {
+    init(subscription: Subscription, concurrency: Int, logger: Logger, process: @escaping @Sendable (Delivery) async -> Settlement?) {
         self.subscription = subscription
         self.concurrency = concurrency
         self.logger = logger
@@ -139,7 +148,12 @@ final class HandlerDispatcher: Sendable {
     private func work(_ worker: Int, first: Delivery, key: String?) async {
         var current = first
         while true {
-            await process(current)
+            if let settlement = await process(current) {
+                releaseSlot()
+                await settlement()
+            } else {
+                releaseSlot()
+            }
             let next = state.withLock { state -> Delivery? in
                 guard let key else { return nil }
                 if !state.stopping, let waiting = state.busyKeys[key]?.popFirst() { return waiting }
@@ -148,7 +162,6 @@ final class HandlerDispatcher: Sendable {
                 state.busyKeys[key] = nil
                 return nil
             }
-            releaseSlot()
             guard let next else { break }
             current = next
         }

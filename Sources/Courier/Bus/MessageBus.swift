@@ -293,7 +293,7 @@ public final class MessageBus: Sendable {
         // The bus decides about dead-lettering itself (with the error in headers): the
         // transport's own limit lies one attempt beyond the last delayed retry.
         SubscriptionOptions(
-            prefetch: options.prefetch ?? max(options.concurrency, 1),
+            prefetch: options.effectivePrefetch,
             startPosition: options.startPosition,
             maxDeliveryAttempts: policy.delayedRetries + 2
         )
@@ -407,8 +407,14 @@ public struct HandlerOptions: Sendable {
     /// How many handlers of this registration run at once. Messages with the same key never
     /// run at once, and run in order. Default 1.
     public var concurrency: Int
-    /// How many messages the transport may hand over ahead; default: ``concurrency``.
+    /// How many unsettled messages the transport may hand over; default ``concurrency`` + 32.
+    /// The margin keeps the stream flowing while settlements finish (a dead letter waiting
+    /// for its broker confirm, an ack on its way): with a prefetch of exactly ``concurrency``,
+    /// each such settlement would stall the registration for a broker round trip.
     public var prefetch: Int?
+
+    /// The prefetch in force: ``prefetch``, else ``concurrency`` + 32.
+    public var effectivePrefetch: Int { prefetch ?? max(concurrency, 1) + 32 }
     /// This registration's retries; `nil` uses the bus's ``MessageBus/Configuration/retryPolicy``.
     public var retryPolicy: RetryPolicy?
     /// Where a new group starts (needs a transport with replay for anything but `.latest`).
@@ -491,44 +497,50 @@ struct Handling<M: IntegrationMessage>: Sendable {
     let metrics: HandlerMetrics
     let logger: Logger
     let handler: @Sendable (M, MessageContext) async throws -> Void
+    /// `M.messageType`, worked out once (it parses the type's name).
+    let messageType = M.messageType
 
     private var serializer: any MessageSerializer { bus.configuration.serializer }
 
-    func process(_ delivery: Delivery) async {
+    /// Handles `delivery`; returns what is left to settle it when it is being dead-lettered
+    /// (the copy's publish and confirm), for the dispatcher to finish without holding a slot.
+    func process(_ delivery: Delivery) async -> HandlerDispatcher.Settlement? {
         let envelope = delivery.envelope
         var logger = self.logger
-        logger[metadataKey: "courier-message-id"] = "\(envelope.id)"
-        logger[metadataKey: "courier-message-type"] = "\(envelope.type ?? M.messageType)"
-        logger[metadataKey: "courier-attempt"] = "\(delivery.attempt)"
-        logger[metadataKey: "courier-correlation-id"] = "\(envelope.correlationID ?? envelope.id)"
+        // One metadata update, not four: some handlers (swift-log's StreamLogHandler)
+        // re-render their metadata on every change.
+        var metadata = logger.handler.metadata
+        metadata["courier-message-id"] = "\(envelope.id)"
+        metadata["courier-message-type"] = "\(envelope.type ?? messageType)"
+        metadata["courier-attempt"] = "\(delivery.attempt)"
+        metadata["courier-correlation-id"] = "\(envelope.correlationID ?? envelope.id)"
+        logger.handler.metadata = metadata
         metrics.delivered.increment()
 
-        if let type = envelope.type, type != M.messageType {
-            await deadLetter(
-                delivery, reason: "unknown message type \(type) on \(delivery.origin): this handler takes \(M.messageType)",
-                errorType: "Courier.UnknownMessageType", errorMessage: "expected \(M.messageType), got \(type)",
+        if let type = envelope.type, type != messageType {
+            return deadLettering(
+                delivery, reason: "unknown message type \(type) on \(delivery.origin): this handler takes \(messageType)",
+                errorType: "Courier.UnknownMessageType", errorMessage: "expected \(messageType), got \(type)",
                 counter: metrics.deadLetteredAsUnknown, logger: logger
             )
-            return
         }
         if let contentType = envelope.contentType, !Self.sameMediaType(contentType, serializer.contentType) {
-            await deadLetter(
+            return deadLettering(
                 delivery, reason: "content type \(contentType) cannot be read: this bus reads \(serializer.contentType)",
                 errorType: "Courier.UnsupportedContentType", errorMessage: "content type \(contentType)",
                 counter: metrics.deadLetteredAsPoison, logger: logger
             )
-            return
         }
         let message: M
         do {
             message = try serializer.decode(M.self, from: envelope.payload)
         } catch {
-            await deadLetter(
-                delivery, reason: "the payload cannot be decoded as \(M.messageType): \(Self.describe(error))",
-                errorType: String(reflecting: Swift.type(of: error)), errorMessage: Self.describe(error),
+            let description = Self.describe(error)
+            return deadLettering(
+                delivery, reason: "the payload cannot be decoded as \(messageType): \(description)",
+                errorType: Self.typeName(of: error), errorMessage: description,
                 counter: metrics.deadLetteredAsPoison, logger: logger
             )
-            return
         }
         if let deduplication {
             do {
@@ -536,7 +548,7 @@ struct Handling<M: IntegrationMessage>: Sendable {
                     logger.debug("already handled; acked without calling the handler")
                     metrics.deduplicated.increment()
                     await ack(delivery, logger: logger)
-                    return
+                    return nil
                 }
             } catch {
                 logger.warning("the deduplication store failed; handling the message anyway", metadata: ["courier-error": "\(error)"])
@@ -592,14 +604,14 @@ struct Handling<M: IntegrationMessage>: Sendable {
                 }
             }
             await ack(delivery, logger: logger)
-            return
+            return nil
         }
         span.recordError(failure)
         span.setStatus(SpanStatus(code: .error))
         span.end()
         if Task.isCancelled {
             logger.notice("the handler was cancelled at shutdown; its message goes back to the broker", metadata: ["courier-error": "\(failure)"])
-            return
+            return nil
         }
         let description = Self.describe(failure)
         if !(failure is any NonRetriableError) && delivery.attempt <= policy.delayedRetries {
@@ -614,14 +626,14 @@ struct Handling<M: IntegrationMessage>: Sendable {
             } catch {
                 logger.error("could not return the message for a retry", metadata: ["courier-error": "\(error)"])
             }
-            return
+            return nil
         }
         let why =
             failure is any NonRetriableError
             ? "the handler failed with a non-retriable error"
             : "the handler failed \(calls) times on attempt \(delivery.attempt) (of \(policy.delayedRetries + 1))"
-        await deadLetter(
-            delivery, reason: "\(why): \(description)", errorType: String(reflecting: Swift.type(of: failure)), errorMessage: description,
+        return deadLettering(
+            delivery, reason: "\(why): \(description)", errorType: Self.typeName(of: failure), errorMessage: description,
             counter: metrics.deadLetteredByHandler, logger: logger
         )
     }
@@ -633,6 +645,12 @@ struct Handling<M: IntegrationMessage>: Sendable {
         } catch {
             logger.warning("the ack failed; the message will be delivered again", metadata: ["courier-error": "\(error)"])
         }
+    }
+
+    private func deadLettering(
+        _ delivery: Delivery, reason: String, errorType: String, errorMessage: String, counter: Counter, logger: Logger
+    ) -> HandlerDispatcher.Settlement {
+        { await deadLetter(delivery, reason: reason, errorType: errorType, errorMessage: errorMessage, counter: counter, logger: logger) }
     }
 
     private func deadLetter(
@@ -651,6 +669,17 @@ struct Handling<M: IntegrationMessage>: Sendable {
         }
     }
 
+    /// The error's type name, module-qualified (`Swift.DecodingError`); `String(reflecting:)`
+    /// of a metatype goes through the runtime's demangler, so names are cached per type.
+    static func typeName(of error: any Error) -> String {
+        let type = Swift.type(of: error)
+        let id = ObjectIdentifier(type)
+        if let name = errorTypeNames.withLock({ $0[id] }) { return name }
+        let name = String(reflecting: type)
+        errorTypeNames.withLock { $0[id] = name }
+        return name
+    }
+
     /// An error's description, bounded to 1,000 characters for a header.
     static func describe(_ error: any Error) -> String {
         let text = String(describing: error)
@@ -658,6 +687,7 @@ struct Handling<M: IntegrationMessage>: Sendable {
     }
 
     static func sameMediaType(_ a: String, _ b: String) -> Bool {
+        if a == b { return true }  // the usual case, without splitting and lowercasing
         func base(_ s: String) -> Substring {
             s.split(separator: ";", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces)[...] } ?? ""
         }
@@ -665,3 +695,6 @@ struct Handling<M: IntegrationMessage>: Sendable {
     }
 }
 
+
+/// Module-qualified names of error types, by type (see `Handling.typeName(of:)`).
+private let errorTypeNames = Mutex<[ObjectIdentifier: String]>([:])
