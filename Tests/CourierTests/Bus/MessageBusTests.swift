@@ -231,6 +231,32 @@ struct MessageBusTests {
         try await bus.shutdown()
     }
 
+    /// A dead letter waiting for its broker confirm does not hold the handler's slot: with
+    /// concurrency 1, the messages behind it are handled meanwhile; a later message of the
+    /// poison message's own key waits for it, so order per key holds.
+    @Test func deadLetteringDoesNotHoldUpTheStreamButKeepsKeyOrder() async throws {
+        let (bus, transport) = try makeBus()
+        let handled = Shared<[String]>([])
+        try await bus.handle(CreateCustomer.self) { command, _ in handled.update { $0.append(command.customerID) } }
+        transport.holdDeadLetters()
+        var poison = Envelope(text: "{ not json")
+        poison.key = "k-poison"
+        poison.contentType = "application/json"
+        try await transport.inner.send([poison], to: CreateCustomer.queue)
+        try await eventually("the dead letter is waiting for its confirm") { transport.heldDeadLetters == 1 }
+        try await bus.send((1...5).map { CreateCustomer(customerID: "other-\($0)", email: "x") })
+        try await bus.send(CreateCustomer(customerID: "k-poison", email: "same key"))
+        try await eventually("the other keys are handled meanwhile") { handled().count == 5 }
+        #expect(handled() == (1...5).map { "other-\($0)" })
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(!handled().contains("k-poison"), "the poison message's key waits for its dead letter")
+        #expect(!transport.events.contains { if case .deadLettered = $0 { true } else { false } })
+        transport.releaseDeadLetters()
+        try await eventually("the key's next message after the dead letter") { handled().last == "k-poison" }
+        #expect(transport.events.contains { if case .deadLettered(let id, _) = $0 { id == poison.id } else { false } })
+        try await bus.shutdown()
+    }
+
     @Test func aDelayedRetryDoesNotHoldBackOtherMessages() async throws {
         // Real delays here: the failing message waits 500 ms while the others go through.
         let transport = ObservedTransport(try InMemoryTransport(), timeTravel: false)

@@ -42,6 +42,28 @@ final class ObservedTransport: Transport, @unchecked Sendable {
     }
     var heldSends: Int { state.withLock { $0.held.count } }
 
+    private let deadLetterGate = Mutex<(holding: Bool, held: [CheckedContinuation<Void, Never>])>((false, []))
+    /// Dead-lettering waits until ``releaseDeadLetters()`` (a broker slow to confirm).
+    func holdDeadLetters() { deadLetterGate.withLock { $0.holding = true } }
+    func releaseDeadLetters() {
+        let held = deadLetterGate.withLock { gate in
+            gate.holding = false
+            defer { gate.held = [] }
+            return gate.held
+        }
+        for continuation in held { continuation.resume() }
+    }
+    var heldDeadLetters: Int { deadLetterGate.withLock { $0.held.count } }
+    fileprivate func waitForDeadLetterGate() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let hold = deadLetterGate.withLock { gate in
+                if gate.holding { gate.held.append(continuation) }
+                return gate.holding
+            }
+            if !hold { continuation.resume() }
+        }
+    }
+
     var capabilities: TransportCapabilities { inner.capabilities }
 
     func publish(_ envelopes: [Envelope], to topic: String) async throws {
@@ -107,6 +129,7 @@ final class ObservedTransport: Transport, @unchecked Sendable {
             transport.record(.nacked(id: delivery.envelope.id, attempt: delivery.attempt, delay: delay))
         }
         func deadLetter(tag: UInt64, reason: String, headers: [String: String]) async throws {
+            await transport.waitForDeadLetterGate()
             try await delivery.deadLetter(reason: reason, headers: headers)
             transport.record(.deadLettered(id: delivery.envelope.id, reason: reason))
         }
