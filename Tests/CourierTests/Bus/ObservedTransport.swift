@@ -18,7 +18,9 @@ final class ObservedTransport: Transport, @unchecked Sendable {
 
     let inner: any Transport
     let timeTravel: Bool
-    private let state = Mutex<(events: [Event], failSends: Int, held: [CheckedContinuation<Void, Never>], holding: Bool)>(([], 0, [], false))
+    private let state = Mutex<(events: [Event], failSends: Int)>(([], 0))
+    private let sendGate = HoldGate()
+    private let deadLetterGate = HoldGate()
 
     init(_ inner: any Transport, timeTravel: Bool = true) {
         self.inner = inner
@@ -31,38 +33,15 @@ final class ObservedTransport: Transport, @unchecked Sendable {
     /// The next `count` calls to `send` fail with a retriable error.
     func failSends(_ count: Int) { state.withLock { $0.failSends = count } }
     /// Calls to `send` wait until ``releaseSends()``.
-    func holdSends() { state.withLock { $0.holding = true } }
-    func releaseSends() {
-        let held = state.withLock { state in
-            state.holding = false
-            defer { state.held = [] }
-            return state.held
-        }
-        for continuation in held { continuation.resume() }
-    }
-    var heldSends: Int { state.withLock { $0.held.count } }
+    func holdSends() { sendGate.hold() }
+    func releaseSends() { sendGate.release() }
+    var heldSends: Int { sendGate.heldCount }
 
-    private let deadLetterGate = Mutex<(holding: Bool, held: [CheckedContinuation<Void, Never>])>((false, []))
     /// Dead-lettering waits until ``releaseDeadLetters()`` (a broker slow to confirm).
-    func holdDeadLetters() { deadLetterGate.withLock { $0.holding = true } }
-    func releaseDeadLetters() {
-        let held = deadLetterGate.withLock { gate in
-            gate.holding = false
-            defer { gate.held = [] }
-            return gate.held
-        }
-        for continuation in held { continuation.resume() }
-    }
-    var heldDeadLetters: Int { deadLetterGate.withLock { $0.held.count } }
-    fileprivate func waitForDeadLetterGate() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let hold = deadLetterGate.withLock { gate in
-                if gate.holding { gate.held.append(continuation) }
-                return gate.holding
-            }
-            if !hold { continuation.resume() }
-        }
-    }
+    func holdDeadLetters() { deadLetterGate.hold() }
+    func releaseDeadLetters() { deadLetterGate.release() }
+    var heldDeadLetters: Int { deadLetterGate.heldCount }
+    fileprivate func waitForDeadLetterGate() async { await deadLetterGate.pass() }
 
     var capabilities: TransportCapabilities { inner.capabilities }
 
@@ -72,13 +51,7 @@ final class ObservedTransport: Transport, @unchecked Sendable {
     }
 
     func send(_ envelopes: [Envelope], to queue: String) async throws {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let hold = state.withLock { state in
-                if state.holding { state.held.append(continuation) }
-                return state.holding
-            }
-            if !hold { continuation.resume() }
-        }
+        await sendGate.pass()
         let fail = state.withLock { state in
             defer { state.failSends = max(0, state.failSends - 1) }
             return state.failSends > 0
@@ -159,4 +132,29 @@ final class Shared<Value: Sendable>: Sendable {
     init(_ value: Value) { self.value = Mutex(value) }
     func callAsFunction() -> Value { value.withLock { $0 } }
     func update<R: Sendable>(_ body: (inout Value) -> R) -> R { value.withLock { body(&$0) } }
+}
+
+/// Calls that wait while the gate is held, and all go on when it is released.
+final class HoldGate: Sendable {
+    private let state = Mutex<(holding: Bool, held: [CheckedContinuation<Void, Never>])>((false, []))
+    func hold() { state.withLock { $0.holding = true } }
+    func release() {
+        let held = state.withLock { state in
+            state.holding = false
+            defer { state.held = [] }
+            return state.held
+        }
+        for continuation in held { continuation.resume() }
+    }
+    var heldCount: Int { state.withLock { $0.held.count } }
+    /// Returns at once while the gate is open; otherwise waits until it is released.
+    func pass() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let hold = state.withLock { state in
+                if state.holding { state.held.append(continuation) }
+                return state.holding
+            }
+            if !hold { continuation.resume() }
+        }
+    }
 }
