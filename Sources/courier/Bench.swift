@@ -125,7 +125,7 @@ struct Bench: AsyncParsableCommand {
         let acked = Counter()
         let published = Counter()
         let latencies = LatencyRecorder()
-        let (publisherCount, rate, limit) = (publishers, rate, duration.flatMap { Duration.checkedSeconds($0, maximum: NumericOptions.maximumSeconds) })
+        let (publisherCount, rate, limit) = (publishers, rate, duration.flatMap(NumericOptions.duration))
         let window = confirm == .on ? 1 : inFlight
         let failed = Counter()
         let total = duration == nil ? messages : Int.max

@@ -39,7 +39,8 @@ extension Bench {
         }
         print("courier bench --bus — \(TransportURL.redacted(transportOptions.url)) — \(messages) commands of a MessageBus handler with default options")
         for run in runs {
-            print(String(format: "  %-8@ %8d msg/s   %6.2f µs CPU/msg   (%d dead-lettered, %.3f s)", run.label, Int(run.messagesPerSecond), run.cpuMicrosPerMessage, run.poisoned, run.seconds))
+            let label = run.label.padding(toLength: 9, withPad: " ", startingAt: 0)
+            print("  " + label + String(format: "%8d msg/s   %6.2f µs CPU/msg   (%d dead-lettered, %.3f s)", Int(run.messagesPerSecond), run.cpuMicrosPerMessage, run.poisoned, run.seconds))
         }
         if runs.count == 2 {
             print(String(format: "  poisoned run at %.0f%% of the clean run's throughput", runs[1].messagesPerSecond / runs[0].messagesPerSecond * 100))
@@ -57,8 +58,9 @@ extension Bench {
         var batch: [Envelope] = []
         var poisoned = 0
         for index in 0..<total {
-            let payload = isPoison(index) ? Array("{not json \(index)".utf8) : Array("{\"n\":\(index)}".utf8)
-            if isPoison(index) { poisoned += 1 }
+            let poison = isPoison(index)
+            if poison { poisoned += 1 }
+            let payload = poison ? Array("{not json \(index)".utf8) : Array("{\"n\":\(index)}".utf8)
             batch.append(Envelope(payload: payload, headers: [CourierHeader.contentType: "application/json"]))
             if batch.count == 500 || index == total - 1 {
                 try await transport.send(batch, to: queue)

@@ -130,11 +130,11 @@ struct ReadOptions: ParsableArguments {
 
     func validate() throws {
         try NumericOptions.atLeastOne(count, "--count")
-        _ = try NumericOptions.seconds(timeout, "--timeout")
+        try NumericOptions.seconds(timeout, "--timeout")
     }
 
     /// `--timeout` as a duration (validated).
-    var idleLimit: Duration? { timeout.flatMap { Duration.checkedSeconds($0, maximum: NumericOptions.maximumSeconds) } }
+    var idleLimit: Duration? { timeout.flatMap(NumericOptions.duration) }
 }
 
 /// Checks of numeric options, shared by every command: NaN, infinities, negative and huge
@@ -150,14 +150,15 @@ enum NumericOptions {
         }
     }
 
-    /// `value` seconds, which must be a finite number above 0 and at most a year.
-    @discardableResult
-    static func seconds(_ value: Double?, _ name: String) throws -> Duration? {
-        guard let value else { return nil }
-        guard value > 0, let duration = Duration.checkedSeconds(value, maximum: maximumSeconds), duration > .zero else {
-            throw ValidationError("\(name) is \(value); it must be a number of seconds above 0 and at most \(Int(maximumSeconds)) (a year)")
-        }
-        return duration
+    /// `seconds` as a duration when it is a finite number above 0 and at most a year.
+    static func duration(_ seconds: Double) -> Duration? {
+        Duration.checkedSeconds(seconds, maximum: maximumSeconds).flatMap { $0 > .zero ? $0 : nil }
+    }
+
+    /// Checks that `value`, if given, is a ``duration(_:)``.
+    static func seconds(_ value: Double?, _ name: String) throws {
+        guard let value, duration(value) == nil else { return }
+        throw ValidationError("\(name) is \(value); it must be a number of seconds above 0 and at most \(Int(maximumSeconds)) (a year)")
     }
 
     /// A rate in messages per second: finite, at least 0.001, at most 100 million.

@@ -851,7 +851,7 @@ final class ConfirmSink: @unchecked Sendable {
 }
 
 /// The standard AMQP basic properties as Courier headers on receive (see
-/// ``RabbitMQTransport/propertyHeaders``): a header of the same name, when the message
+/// ``RabbitMQTransport/PropertyHeader``): a header of the same name, when the message
 /// carries one, wins over the property.
 enum AMQPProperties {
     static func addHeaders(from properties: amqp_basic_properties_t, to headers: inout [String: String]) {

@@ -24,16 +24,8 @@ import Logging
 /// ```
 public final class RabbitMQTransport: Transport {
     /// Headers for the AMQP basic properties that have no CloudEvents attribute.
-    public enum PropertyHeader {
-        /// The `content_encoding` property.
-        public static let contentEncoding = "amqp_content_encoding"
-        /// The `reply_to` property.
-        public static let replyTo = "amqp_reply_to"
-        /// The `expiration` property (a per-message TTL in milliseconds, as text).
-        public static let expiration = "amqp_expiration"
-    }
-
-    /// How the standard AMQP basic properties of a received message appear in Courier, so that
+    ///
+    /// How the standard basic properties of a received message appear in Courier, so that
     /// messages from other clients (pika, amqplib, the management UI) read as Courier's own.
     /// A header of the same name, when the message also carries one, wins.
     ///
@@ -42,18 +34,20 @@ public final class RabbitMQTransport: Transport {
     /// | `message_id` | ``Envelope/id`` (when there is no `ce_id` header) |
     /// | `timestamp` | ``Envelope/timestamp`` (when there is no `ce_time` header) |
     /// | `content_type` | header `content-type` |
-    /// | `content_encoding` | header `amqp_content_encoding` |
+    /// | `content_encoding` | header `amqp_content_encoding` (``contentEncoding``) |
     /// | `correlation_id` | header `ce_correlationid` |
     /// | `type` | header `ce_type` |
     /// | `app_id` | header `ce_source` |
-    /// | `reply_to` | header `amqp_reply_to` |
-    /// | `expiration` | header `amqp_expiration` |
-    public static let propertyHeaders: [(property: String, courier: String)] = [
-        ("message_id", "Envelope.id"), ("timestamp", "Envelope.timestamp"),
-        ("content_type", CourierHeader.contentType), ("content_encoding", PropertyHeader.contentEncoding),
-        ("correlation_id", CourierHeader.correlationID), ("type", CourierHeader.type), ("app_id", CourierHeader.source),
-        ("reply_to", PropertyHeader.replyTo), ("expiration", PropertyHeader.expiration),
-    ]
+    /// | `reply_to` | header `amqp_reply_to` (``replyTo``) |
+    /// | `expiration` | header `amqp_expiration` (``expiration``) |
+    public enum PropertyHeader {
+        /// The `content_encoding` property.
+        public static let contentEncoding = "amqp_content_encoding"
+        /// The `reply_to` property.
+        public static let replyTo = "amqp_reply_to"
+        /// The `expiration` property (a per-message TTL in milliseconds, as text).
+        public static let expiration = "amqp_expiration"
+    }
 
     /// How the transport connects and behaves.
     public struct Configuration: Sendable {

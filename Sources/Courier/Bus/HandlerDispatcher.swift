@@ -148,12 +148,9 @@ final class HandlerDispatcher: Sendable {
     private func work(_ worker: Int, first: Delivery, key: String?) async {
         var current = first
         while true {
-            if let settlement = await process(current) {
-                releaseSlot()
-                await settlement()
-            } else {
-                releaseSlot()
-            }
+            let settlement = await process(current)
+            releaseSlot()
+            await settlement?()
             let next = state.withLock { state -> Delivery? in
                 guard let key else { return nil }
                 if !state.stopping, let waiting = state.busyKeys[key]?.popFirst() { return waiting }

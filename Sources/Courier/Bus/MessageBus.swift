@@ -647,25 +647,22 @@ struct Handling<M: IntegrationMessage>: Sendable {
         }
     }
 
+    /// The settlement that dead-letters `delivery`, for the dispatcher to run.
     private func deadLettering(
         _ delivery: Delivery, reason: String, errorType: String, errorMessage: String, counter: Counter, logger: Logger
     ) -> HandlerDispatcher.Settlement {
-        { await deadLetter(delivery, reason: reason, errorType: errorType, errorMessage: errorMessage, counter: counter, logger: logger) }
-    }
-
-    private func deadLetter(
-        _ delivery: Delivery, reason: String, errorType: String, errorMessage: String, counter: Counter, logger: Logger
-    ) async {
-        logger.error("dead-lettering the message", metadata: ["courier-reason": "\(reason)"])
-        do {
-            try await delivery.deadLetter(
-                reason: reason, headers: [CourierHeader.errorType: errorType, CourierHeader.errorMessage: errorMessage]
-            )
-            counter.increment()
-        } catch {
-            // The message stays with the broker; bring it back later rather than lose it.
-            logger.error("could not dead-letter the message; it will be delivered again", metadata: ["courier-error": "\(error)"])
-            try? await delivery.nack(delay: policy.initialDelay)
+        { [policy] in
+            logger.error("dead-lettering the message", metadata: ["courier-reason": "\(reason)"])
+            do {
+                try await delivery.deadLetter(
+                    reason: reason, headers: [CourierHeader.errorType: errorType, CourierHeader.errorMessage: errorMessage]
+                )
+                counter.increment()
+            } catch {
+                // The message stays with the broker; bring it back later rather than lose it.
+                logger.error("could not dead-letter the message; it will be delivered again", metadata: ["courier-error": "\(error)"])
+                try? await delivery.nack(delay: policy.initialDelay)
+            }
         }
     }
 
@@ -694,7 +691,6 @@ struct Handling<M: IntegrationMessage>: Sendable {
         return base(a).lowercased() == base(b).lowercased()
     }
 }
-
 
 /// Module-qualified names of error types, by type (see `Handling.typeName(of:)`).
 private let errorTypeNames = Mutex<[ObjectIdentifier: String]>([:])

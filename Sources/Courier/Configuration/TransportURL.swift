@@ -49,24 +49,24 @@ public enum TransportURL: Sendable, Hashable, CustomStringConvertible {
     /// the password (an `@` in a query value), never less.
     public static func redacted(_ string: String) -> String {
         guard let at = string.lastIndex(of: "@") else { return string }
-        guard let separator = string.range(of: "://"), separator.upperBound <= at else {
-            // No `scheme://` before the `@`: hide everything between the scheme's colon (if
-            // any) and the `@`.
-            guard let colon = string.firstIndex(of: ":"), colon < at else { return "******" + string[at...] }
-            var start = string.index(after: colon)
-            while start < at, string[start] == "/" { start = string.index(after: start) }
-            return String(string[..<start]) + "******" + String(string[at...])
+        let hidden = "******" + string[at...]
+        // Where the user info starts: after `scheme://`, else after `scheme:` and its slashes.
+        let start: String.Index
+        if let separator = string.range(of: "://"), separator.upperBound <= at {
+            start = separator.upperBound
+            let info = string[start..<at]
+            let colon = info.firstIndex(of: ":")
+            if !info[..<(colon ?? info.endIndex)].contains(where: { "/?#".contains($0) }) {
+                // A plain user name stays visible; user info without a password holds no secret.
+                guard let colon else { return string }
+                return String(string[...colon]) + hidden
+            }
+        } else if let colon = string.firstIndex(of: ":"), colon < at {
+            start = string[string.index(after: colon)..<at].firstIndex { $0 != "/" } ?? at
+        } else {
+            start = string.startIndex
         }
-        let info = string[separator.upperBound..<at]
-        guard let colon = info.firstIndex(of: ":") else {
-            // A user name alone holds no secret, unless it is not a user name at all.
-            return info.contains(where: { "/?#".contains($0) }) ? String(string[..<separator.upperBound]) + "******" + String(string[at...]) : string
-        }
-        let user = info[..<colon]
-        if user.contains(where: { "/?#".contains($0) }) {
-            return String(string[..<separator.upperBound]) + "******" + String(string[at...])
-        }
-        return String(string[..<colon]) + ":******" + String(string[at...])
+        return String(string[..<start]) + hidden
     }
 }
 

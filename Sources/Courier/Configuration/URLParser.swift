@@ -223,11 +223,11 @@ struct URLParser {
 
     private func credentials(_ userInfo: Substring) throws(CourierError) -> (String, Secret?) {
         // Neither the user name nor the password is ever quoted in these errors.
-        guard let colon = userInfo.firstIndex(of: ":") else {
-            guard let user = URLParser.percentDecode(userInfo) else { throw fail("the user name has an invalid percent-encoding") }
-            return (user, nil)
+        let colon = userInfo.firstIndex(of: ":")
+        guard let user = URLParser.percentDecode(userInfo[..<(colon ?? userInfo.endIndex)]) else {
+            throw fail("the user name has an invalid percent-encoding")
         }
-        guard let user = URLParser.percentDecode(userInfo[..<colon]) else { throw fail("the user name has an invalid percent-encoding") }
+        guard let colon else { return (user, nil) }
         // The password is decoded but never shown, not even in this error.
         guard let password = URLParser.percentDecode(userInfo[userInfo.index(after: colon)...]) else {
             throw fail("the password has an invalid percent-encoding")

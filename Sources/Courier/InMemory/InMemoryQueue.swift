@@ -127,6 +127,13 @@ final class InMemoryQueue: DeliverySettler {
             held == 0 || (held < capacity && heldBytes + size <= byteCapacity)
         }
 
+        /// Stores `message` as waiting, counted against both bounds.
+        mutating func store(_ message: StoredMessage) {
+            waiting.append(message)
+            held += 1
+            heldBytes += message.envelope.payload.count
+        }
+
         mutating func release(_ message: StoredMessage) {
             held -= 1
             heldBytes -= message.envelope.payload.count
@@ -148,9 +155,7 @@ final class InMemoryQueue: DeliverySettler {
             let outcome: Outcome = state.withLock { state in
                 if state.closed { return .closed }
                 if !state.hasRoom(for: message.envelope.payload.count, capacity: capacity, byteCapacity: byteCapacity) { return .full }
-                state.held += 1
-                state.heldBytes += message.envelope.payload.count
-                state.waiting.append(message)
+                state.store(message)
                 return .stored(state.serveOne(queue: self))
             }
             switch outcome {
@@ -369,11 +374,7 @@ final class InMemoryQueue: DeliverySettler {
     func replace(with messages: [StoredMessage]) {
         let wakes: [Wake] = state.withLock { state in
             for message in state.waiting.removeAll(forgetInFlight: false) { state.release(message) }
-            for message in messages {
-                state.waiting.append(message)
-                state.held += 1
-                state.heldBytes += message.envelope.payload.count
-            }
+            for message in messages { state.store(message) }
             return state.serveAll(queue: self)
         }
         for wake in wakes { wake.resume() }
