@@ -125,6 +125,11 @@ let package = Package(
             swiftSettings: strictness
         ),
         .testTarget(
+            name: "CourierKafkaTests",
+            dependencies: ["Courier", "CourierKafka"],
+            swiftSettings: strictness
+        ),
+        .testTarget(
             name: "CourierIntegrationTests",
             dependencies: ["Courier", "CourierConformance", "CourierRabbitMQ", "CRabbitMQ", "CourierKafka", "CourierTransports"],
             path: "IntegrationTests",

@@ -71,6 +71,26 @@ public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
         if ordered, let key = key(element) { busy.remove(key) }
     }
 
+    /// Removes the waiting items (held-back ones included) that match `predicate` and returns
+    /// them in order; keys in flight stay in flight.
+    public mutating func remove(where predicate: (Element) -> Bool) -> [Element] {
+        var removed: [Element] = []
+        ready.removeAll { element in
+            guard predicate(element) else { return false }
+            removed.append(element)
+            return true
+        }
+        for key in parked.keys.sorted() {
+            parked[key]!.removeAll { element in
+                guard predicate(element) else { return false }
+                removed.append(element)
+                return true
+            }
+            if parked[key]!.isEmpty { parked[key] = nil }
+        }
+        return removed
+    }
+
     /// Removes every waiting item (held-back ones included) and returns them; with
     /// `forgetInFlight`, keys in flight are freed too (their items will not be settled).
     public mutating func removeAll(forgetInFlight: Bool) -> [Element] {

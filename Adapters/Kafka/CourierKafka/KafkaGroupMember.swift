@@ -9,20 +9,26 @@ import Synchronization
 /// shared by every ``Subscription`` of one transport to the same group or queue (they compete
 /// for its deliveries, as members of a group do).
 ///
-/// - Offsets: every message polled is in flight until settled. The committed offset of a
-///   partition is the lowest unsettled offset (or the next one when all are settled), so a
-///   commit never passes an un-acked message. Commits go out every `commitInterval`, on
-///   revoke, and on close.
-/// - Order: messages with the same key are handed out one at a time (``KeyOrderGate``); a
-///   nacked message goes back to the front of its key after its delay, so per-key order holds
-///   across nacks.
-/// - Flow: when `prefetch` (summed over the subscriptions) messages are unsettled, the
-///   assigned partitions are paused, and resumed at half of it.
-/// - Rebalance: on revoke the acked offsets are committed and everything unsettled of the
-///   revoked partitions is forgotten (settling it later is a no-op; the new owner gets it
-///   again). On assign, a partition with no committed offset starts at the group's start
-///   position, and that offset is committed at once, so the group exists durably.
+/// The bookkeeping — buffer, hand-outs, offsets, the phases of a rebalance — is
+/// ``KafkaMemberState``; this class makes the librdkafka calls it asks for, on its thread:
+///
+/// - Fetching is decoupled from handing out: the thread pulls messages into the buffer while
+///   it is below ``KafkaTransport/Configuration/bufferedMessages`` and
+///   ``KafkaTransport/Configuration/bufferedBytes``; it pauses the partitions only when the
+///   buffer is full (back-pressure) and resumes at half. Subscriptions take from the buffer
+///   without waiting for a fetch; per-key order is kept by ``KeyOrderGate``.
+/// - Commits go out every `commitInterval`, on revoke and on close: the lowest unsettled
+///   offset per partition.
+/// - On revoke: buffered messages of the revoked partitions are dropped, the thread waits up
+///   to ``KafkaTransport/Configuration/revokeTimeout`` for their in-flight deliveries to be
+///   settled, commits synchronously, then gives the partitions up. With the cooperative-sticky
+///   assignor (the default) only the partitions that move are revoked.
+/// - On assign, a partition with no committed offset starts at the group's start position,
+///   and that offset is committed at once, so the group exists durably.
 final class KafkaGroupMember: @unchecked Sendable {
+    typealias Position = KafkaMemberState.Position
+    typealias Pending = KafkaMemberState.Pending
+
     let origin: DeliveryOrigin
     let topic: String
     /// The retry topic read beside `topic`, when nacks republish (``KafkaSettings/retryTopics``).
@@ -32,6 +38,8 @@ final class KafkaGroupMember: @unchecked Sendable {
     private let startPosition: StartPosition
     private let commitInterval: Duration
     private let timeout: Duration
+    private let revokeTimeout: Duration
+    private let bufferedMessages: Int
     private let deadLetterTopic: String
     private let producer: KafkaProducer
     let logger: Logger
@@ -40,64 +48,15 @@ final class KafkaGroupMember: @unchecked Sendable {
     // Thread-confined: touched only on the member's thread (and in init).
     private var rk: OpaquePointer!
     private var queue: OpaquePointer!
-    private var paused = false
     private var lastCommit = ContinuousClock.now
     private let started = ContinuousClock.now
-    private var hasJoined = false
-    private var arrived: [(position: Position, offset: Int64, timestamp: Int64, pending: Pending?)] = []
+    private var arrived: [(pending: Pending, timestamp: Int64)] = []
     private let joinTimeout: Duration
 
-    private let state = Mutex(State())
-
-    /// A partition of the topic (0) or of the retry topic (1).
-    struct Position: Hashable, Sendable {
-        var topic: Int
-        var partition: Int32
-    }
+    private let state: Mutex<Shared>
 
     /// The header carrying when a message republished to the retry topic is due (ms since 1970).
     static let retryAtHeader = "ce_courierretryat"
-
-    /// A message polled and not yet settled, as it waits in the gate.
-    struct Pending: Sendable {
-        var envelope: Envelope
-        var attempt: Int
-        var position: Position
-        var offset: Int64
-        var epoch: UInt64
-        /// For a message from the retry topic: when it is due (ms since 1970).
-        var retryAt: Int64?
-    }
-
-    private struct Taken {
-        var pending: Pending
-        var subscription: Int
-    }
-
-    private struct Track {
-        /// Offsets polled, in order, with whether each is settled.
-        var inFlight = Deque<(offset: Int64, settled: Bool)>()
-        /// The offset after the last one polled (or the start offset).
-        var next: Int64
-        var committed: Int64
-        /// Messages older than this (ms since 1970) are skipped: a timestamp start the broker
-        /// could not resolve.
-        var skipBefore: Int64?
-
-        var commitOffset: Int64 { inFlight.first?.offset ?? next }
-
-        mutating func settle(_ offset: Int64) {
-            var low = 0
-            var high = inFlight.count
-            while low < high {
-                let middle = (low + high) / 2
-                if inFlight[middle].offset < offset { low = middle + 1 } else { high = middle }
-            }
-            guard low < inFlight.count, inFlight[low].offset == offset else { return }
-            inFlight[low].settled = true
-            while let first = inFlight.first, first.settled { inFlight.removeFirst() }
-        }
-    }
 
     private struct Waiter {
         let id: Int
@@ -105,42 +64,32 @@ final class KafkaGroupMember: @unchecked Sendable {
         let continuation: UnsafeContinuation<Delivery?, any Error>
     }
 
-    private struct State {
-        var gate = KeyOrderGate<Pending> { $0.envelope.key }
-        var taken: [UInt64: Taken] = [:]
-        var nextTag: UInt64 = 0
-        var tracks: [Position: Track] = [:]
-        var epoch: UInt64 = 0
-        var unsettled = 0
+    /// The state machine and the waiters around it, under one lock.
+    private struct Shared {
+        var machine: KafkaMemberState
         var waiters = Deque<Waiter>()
         var cancelled = Set<Int>()
         var nextWaiter = 0
         var subscriptions: [Int: Int] = [:]
         var nextSubscription = 0
-        var joined = false
         var joinWaiters: [UnsafeContinuation<CourierError?, Never>] = []
-        var closing = false
-        var closed = false
         var closeWaiters: [UnsafeContinuation<Void, Never>] = []
         var failure: CourierError?
         var recommit = false
-        var pauseRequested = false
 
-        var limit: Int { subscriptions.values.reduce(0, +) }
-
+        /// Hands what can go to the waiting subscriptions.
         mutating func serve() -> [(Waiter, Delivery)] {
             var served: [(Waiter, Delivery)] = []
-            while !waiters.isEmpty, let pending = gate.next() {
-                let waiter = waiters.removeFirst()
-                served.append((waiter, hand(pending, to: waiter.subscription)))
+            while let waiter = waiters.first, let delivery = handOut(to: waiter.subscription) {
+                waiters.removeFirst()
+                served.append((waiter, delivery))
             }
             return served
         }
 
-        mutating func hand(_ pending: Pending, to subscription: KafkaSubscription) -> Delivery {
-            nextTag += 1
-            taken[nextTag] = Taken(pending: pending, subscription: subscription.id)
-            return Delivery(envelope: pending.envelope, attempt: pending.attempt, origin: subscription.origin, tag: nextTag, settler: subscription)
+        mutating func handOut(to subscription: KafkaSubscription) -> Delivery? {
+            guard let (tag, pending) = machine.handOut(to: subscription.id) else { return nil }
+            return Delivery(envelope: pending.envelope, attempt: pending.attempt, origin: subscription.origin, tag: tag, settler: subscription)
         }
     }
 
@@ -164,10 +113,13 @@ final class KafkaGroupMember: @unchecked Sendable {
         self.startPosition = startPosition
         self.commitInterval = configuration.commitInterval
         self.timeout = configuration.operationTimeout
+        self.revokeTimeout = configuration.revokeTimeout
         self.joinTimeout = configuration.joinTimeout
+        self.bufferedMessages = max(1, configuration.bufferedMessages)
         self.deadLetterTopic = deadLetterTopic
         self.producer = producer
         self.onClosed = onClosed
+        state = Mutex(Shared(machine: KafkaMemberState(limits: .init(messages: max(1, configuration.bufferedMessages), bytes: max(1, configuration.bufferedBytes)))))
         var logger = configuration.logger
         logger[metadataKey: "kafka-group"] = "\(groupID)"
         self.logger = logger
@@ -179,7 +131,7 @@ final class KafkaGroupMember: @unchecked Sendable {
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", reset),
             ("enable.partition.eof", "false"),
-            ("partition.assignment.strategy", "range,roundrobin"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
             ("allow.auto.create.topics", "false"),
         ], at: properties.count - configuration.settings.properties.count)
         let conf = try KafkaClient.configuration(properties)
@@ -225,22 +177,26 @@ final class KafkaGroupMember: @unchecked Sendable {
         return Position(topic: String(cString: name) == retryTopic ? 1 : 0, partition: partition)
     }
 
+    /// What happened so far (pauses, revokes, late settlements).
+    var counters: KafkaConsumerStatistics { state.withLock { $0.machine.counters } }
+
     // MARK: Subscriptions
 
     /// Adds a subscription, waiting until the member has joined the group and has its first
     /// assignment (so that whatever is published after this returns reaches the group).
     func attach(prefetch: Int) async throws(CourierError) -> KafkaSubscription {
         let id = try state.withLock { state throws(CourierError) -> Int in
-            guard !state.closing else { throw CourierError(.subscriptionClosed, "the consumer of \(origin) is closing; subscribe again") }
+            guard !state.machine.isClosing else { throw CourierError(.subscriptionClosed, "the consumer of \(origin) is closing; subscribe again") }
             state.nextSubscription += 1
             state.subscriptions[state.nextSubscription] = prefetch
+            state.machine.limits.messages = max(bufferedMessages, state.subscriptions.values.reduce(0, +))
             return state.nextSubscription
         }
         let subscription = KafkaSubscription(member: self, id: id)
         let failure = await withUnsafeContinuation { (continuation: UnsafeContinuation<CourierError?, Never>) in
             let ready = state.withLock { state -> CourierError?? in
-                if state.joined { return .some(nil) }
-                if state.closed { return .some(state.failure ?? KafkaTransport.closedError) }
+                if state.machine.joined { return .some(nil) }
+                if state.machine.phase == .closed { return .some(state.failure ?? KafkaTransport.closedError) }
                 state.joinWaiters.append(continuation)
                 return .none
             }
@@ -258,11 +214,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     func detach(_ subscription: KafkaSubscription) async {
         let (ended, served, last) = state.withLock { state -> ([Waiter], [(Waiter, Delivery)], Bool) in
             guard state.subscriptions.removeValue(forKey: subscription.id) != nil else { return ([], [], false) }
-            let returned = state.taken.filter { $0.value.subscription == subscription.id }.sorted { $0.key > $1.key }
-            for (tag, taken) in returned {
-                state.taken[tag] = nil
-                if taken.pending.epoch == state.epoch { state.gate.returnToFront(taken.pending) }
-            }
+            state.machine.detach(subscription: subscription.id)
             var ended: [Waiter] = []
             state.waiters.removeAll { waiter in
                 guard waiter.subscription.id == subscription.id else { return false }
@@ -270,11 +222,11 @@ final class KafkaGroupMember: @unchecked Sendable {
                 return true
             }
             let last = state.subscriptions.isEmpty
-            if last { state.closing = true }
+            if last { state.machine.beginClose() }
             return (ended, last ? [] : state.serve(), last)
         }
         for waiter in ended { waiter.continuation.resume(returning: nil) }
-        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        resume(served)
         if last { await close() }
     }
 
@@ -282,7 +234,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     /// to destroy the consumer. Idempotent.
     func close() async {
         let ended = state.withLock { state -> [Waiter] in
-            state.closing = true
+            state.machine.beginClose()
             defer { state.waiters.removeAll() }
             return Array(state.waiters)
         }
@@ -290,8 +242,8 @@ final class KafkaGroupMember: @unchecked Sendable {
         rd_kafka_queue_yield(queue)
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             let done = state.withLock { state in
-                if !state.closed { state.closeWaiters.append(continuation) }
-                return state.closed
+                if state.machine.phase != .closed { state.closeWaiters.append(continuation) }
+                return state.machine.phase == .closed
             }
             if done { continuation.resume() }
         }
@@ -302,8 +254,8 @@ final class KafkaGroupMember: @unchecked Sendable {
     func next(for subscription: KafkaSubscription) async throws -> Delivery? {
         enum Fast { case delivery(Delivery), end, failure(CourierError), wait(Int) }
         let fast: Fast = state.withLock { state in
-            guard state.subscriptions[subscription.id] != nil, !state.closing else { return state.failure.map { .failure($0) } ?? .end }
-            if let pending = state.gate.next() { return .delivery(state.hand(pending, to: subscription)) }
+            guard state.subscriptions[subscription.id] != nil, !state.machine.isClosing else { return state.failure.map { .failure($0) } ?? .end }
+            if let delivery = state.handOut(to: subscription) { return .delivery(delivery) }
             state.nextWaiter += 1
             return .wait(state.nextWaiter)
         }
@@ -318,10 +270,10 @@ final class KafkaGroupMember: @unchecked Sendable {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Delivery?, any Error>) in
                 let immediate: Result<Delivery?, any Error>? = state.withLock { state in
                     if state.cancelled.remove(id) != nil { return .success(nil) }
-                    guard state.subscriptions[subscription.id] != nil, !state.closing else {
+                    guard state.subscriptions[subscription.id] != nil, !state.machine.isClosing else {
                         return state.failure.map { .failure($0) } ?? .success(nil)
                     }
-                    if let pending = state.gate.next() { return .success(state.hand(pending, to: subscription)) }
+                    if let delivery = state.handOut(to: subscription) { return .success(delivery) }
                     state.waiters.append(Waiter(id: id, subscription: subscription, continuation: continuation))
                     return nil
                 }
@@ -337,112 +289,84 @@ final class KafkaGroupMember: @unchecked Sendable {
         }
     }
 
-    /// Takes `tag` out of the taken deliveries; `nil` when it belongs to a revoked assignment
-    /// (settling it is a no-op: the partition's new owner gets the message again).
-    private func take(_ tag: UInt64) throws(CourierError) -> Taken? {
-        try state.withLock { state throws(CourierError) -> Taken? in
-            guard let taken = state.taken.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
-            return taken.pending.epoch == state.epoch ? taken : nil
-        }
-    }
-
-    /// Marks `pending` settled: its offset may be committed, its key is free.
-    private func settled(_ pending: Pending) {
-        let (served, wake) = state.withLock { state in Self.settle(pending, in: &state) }
+    private func resume(_ served: [(Waiter, Delivery)]) {
         for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+    }
+
+    /// Runs `change` on the state machine, serves the waiters, and wakes the paused thread
+    /// when the buffer has room again.
+    @discardableResult
+    private func settling<T, E: Error>(_ change: (inout KafkaMemberState) throws(E) -> T) throws(E) -> T {
+        let (result, served, wake) = try state.withLock { state throws(E) in
+            let result = try change(&state.machine)
+            return (result, state.waiters.isEmpty ? [] : state.serve(), state.machine.shouldResume)
+        }
+        resume(served)
         if wake { rd_kafka_queue_yield(queue) }
+        return result
     }
 
-    /// Marks `pending` settled in `state`; returns the waiters to serve and whether the paused
-    /// member's thread should wake.
-    private static func settle(_ pending: Pending, in state: inout State) -> ([(Waiter, Delivery)], Bool) {
-        guard pending.epoch == state.epoch else { return ([], false) }
-        state.tracks[pending.position]?.settle(pending.offset)
-        state.gate.release(key: pending.envelope.key)
-        state.unsettled -= 1
-        let wake = state.pauseRequested && state.unsettled <= state.limit / 2
-        return (state.waiters.isEmpty ? [] : state.serve(), wake)
-    }
-
-    /// Takes and settles `tag` under one lock (the hot path of every ack).
+    /// Settles `tag` (the hot path of every ack).
     func ack(tag: UInt64) throws(CourierError) {
-        let (served, wake) = try state.withLock { state throws(CourierError) -> ([(Waiter, Delivery)], Bool) in
-            guard let taken = state.taken.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
-            return Self.settle(taken.pending, in: &state)
-        }
-        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
-        if wake { rd_kafka_queue_yield(queue) }
+        _ = try settling { machine throws(CourierError) in try machine.ack(tag) }
     }
 
     func nack(tag: UInt64, delay: Duration) async throws {
-        guard let taken = try take(tag) else { return }
-        guard taken.pending.attempt < options.maxDeliveryAttempts else {
-            try await deadLetter(taken, tag: tag, reason: "delivery attempts exhausted: \(taken.pending.attempt) of \(options.maxDeliveryAttempts)", headers: [:])
+        guard let pending = try settling({ machine throws(CourierError) in try machine.begin(tag) }) else { return }
+        guard pending.attempt < options.maxDeliveryAttempts else {
+            try await deadLetter(pending, tag: tag, reason: "delivery attempts exhausted: \(pending.attempt) of \(options.maxDeliveryAttempts)", headers: [:])
             return
         }
-        var again = taken.pending
-        again.attempt += 1
         if let retryTopic {
-            try await republish(taken, tag: tag, to: retryTopic, delay: delay)
+            try await republish(pending, tag: tag, to: retryTopic, delay: delay)
             return
         }
+        var again = pending
+        again.attempt += 1
         // The key stays in flight until the redelivery, so no later message of it overtakes.
-        if delay > .zero {
-            Task { [self] in
-                try? await Task.sleep(for: delay)
-                redeliver(again)
-            }
-        } else {
-            redeliver(again)
+        guard delay > .zero else {
+            settling { $0.redeliver(tag, again) }
+            return
+        }
+        settling { $0.hold(tag) }
+        Task { [self] in
+            try? await Task.sleep(for: delay)
+            settling { $0.redeliver(tag, again) }
         }
     }
 
     /// Publishes a copy with attempt + 1, due after `delay`, to the retry topic, then settles
     /// the original; if the retry topic refuses it, the delivery stays unsettled.
-    private func republish(_ taken: Taken, tag: UInt64, to retryTopic: String, delay: Duration) async throws {
-        var copy = taken.pending.envelope
+    private func republish(_ pending: Pending, tag: UInt64, to retryTopic: String, delay: Duration) async throws {
+        var copy = pending.envelope
         let due = Date().addingTimeInterval(Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18)
         copy.headers[Self.retryAtHeader] = String(due.clampedMillisecondsSince1970)
         do {
-            try await producer.produce([copy], to: retryTopic) { _ in taken.pending.attempt + 1 }
+            try await producer.produce([copy], to: retryTopic) { _ in pending.attempt + 1 }
         } catch {
-            state.withLock { state in
-                if taken.pending.epoch == state.epoch { state.taken[tag] = taken }
-            }
+            settling { $0.restore(tag) }
             throw error
         }
-        settled(taken.pending)
-    }
-
-    private func redeliver(_ pending: Pending) {
-        let served = state.withLock { state -> [(Waiter, Delivery)] in
-            guard pending.epoch == state.epoch, !state.closing else { return [] }
-            state.gate.returnToFront(pending)
-            return state.serve()
-        }
-        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        settling { $0.complete(tag) }
     }
 
     func deadLetter(tag: UInt64, reason: String, headers: [String: String]) async throws {
-        guard let taken = try take(tag) else { return }
-        try await deadLetter(taken, tag: tag, reason: reason, headers: headers)
+        guard let pending = try settling({ machine throws(CourierError) in try machine.begin(tag) }) else { return }
+        try await deadLetter(pending, tag: tag, reason: reason, headers: headers)
     }
 
     /// Publishes `pending` to the dead-letter topic, then settles it; if the dead-letter topic
     /// refuses it, the delivery stays unsettled (it can be settled again) and the error is thrown.
-    private func deadLetter(_ taken: Taken, tag: UInt64, reason: String, headers: [String: String]) async throws {
-        let pending = taken.pending
+    private func deadLetter(_ pending: Pending, tag: UInt64, reason: String, headers: [String: String]) async throws {
         let letter = WireFormat.deadLetter(pending.envelope, reason: reason, origin: origin, attempts: pending.attempt, extra: headers)
         do {
             try await producer.ensureTopic(deadLetterTopic, timeout: timeout)
             try await producer.produce([letter], to: deadLetterTopic)
         } catch {
-            state.withLock { state in
-                if pending.epoch == state.epoch { state.taken[tag] = taken }
-            }
+            settling { $0.restore(tag) }
             throw error
         }
-        settled(pending)
+        settling { $0.complete(tag) }
     }
 
     // MARK: The member's thread
@@ -450,68 +374,67 @@ final class KafkaGroupMember: @unchecked Sendable {
     private func run() {
         var messages = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: 1024)
         while true {
-            let (closing, capacity, recommit) = state.withLock { state -> (Bool, Int, Bool) in
-                let limit = max(1, state.limit)
-                if state.unsettled >= limit { state.pauseRequested = true }
-                if state.unsettled <= limit / 2 { state.pauseRequested = false }
+            let (closing, flow, capacity, recommit) = state.withLock { state in
                 defer { state.recommit = false }
-                return (state.closing, state.pauseRequested ? 0 : limit - state.unsettled, state.recommit)
+                let (flow, capacity) = state.machine.flow()
+                return (state.machine.isClosing, flow, capacity, state.recommit)
             }
             if closing { break }
             if !joinedInTime() { break }
-            setPaused(capacity == 0)
+            switch flow {
+            case .pause: setPaused(true)
+            case .resume: setPaused(false)
+            case .none: break
+            }
             if recommit || ContinuousClock.now - lastCommit >= commitInterval {
-                commit(wait: nil, force: recommit)
+                commit(state.withLock { $0.machine.commits(force: recommit) }, wait: nil)
             }
             let count = messages.withUnsafeMutableBufferPointer { buffer in
                 // librdkafka returns when the batch is full or the timeout passes: a short
-                // timeout bounds what a message waits for company when traffic is light.
-                rd_kafka_consume_batch_queue(queue, 5, buffer.baseAddress, max(1, min(capacity, buffer.count)))
+                // timeout bounds what a message waits for company when traffic is light. A
+                // paused member only serves events (rebalances) until a settlement wakes it.
+                rd_kafka_consume_batch_queue(queue, capacity > 0 ? 5 : 100, buffer.baseAddress, max(1, min(capacity, buffer.count)))
             }
             if count > 0 { receive(messages[0..<count]) }
         }
-        commit(wait: .seconds(5), force: true)
+        commit(state.withLock { $0.machine.commits(force: true) }, wait: .seconds(5))
         rd_kafka_consumer_close(rk)
         rd_kafka_queue_destroy(queue)
         KafkaClient.destroy(rk)
-        let (waiters, joiners) = state.withLock { state in
-            state.closed = true
-            state.tracks.removeAll()
-            state.taken.removeAll()
-            _ = state.gate.removeAll(forgetInFlight: true)
+        let (waiters, joiners, failure) = state.withLock { state in
+            state.machine.finishClose()
             defer {
                 state.closeWaiters.removeAll()
                 state.joinWaiters.removeAll()
             }
-            return (state.closeWaiters, state.joinWaiters)
+            return (state.closeWaiters, state.joinWaiters, state.failure)
         }
         onClosed(self)
-        for joiner in joiners { joiner.resume(returning: state.withLock { $0.failure } ?? KafkaTransport.closedError) }
+        for joiner in joiners { joiner.resume(returning: failure ?? KafkaTransport.closedError) }
         for waiter in waiters { waiter.resume() }
     }
 
     /// False once the member has waited longer than the join timeout for its first assignment.
     private func joinedInTime() -> Bool {
-        if hasJoined { return true }
         guard ContinuousClock.now - started > joinTimeout else { return true }
         return state.withLock { state in
-            guard !state.joined else { return true }
+            guard !state.machine.joined else { return true }
             state.failure = CourierError(
                 .timeout,
                 "joining consumer group \(groupID) for \(origin) took longer than \(joinTimeout); check that the group coordinator is reachable"
             )
-            state.closing = true
+            state.machine.beginClose()
             return false
         }
     }
 
+    /// Pauses or resumes every assigned partition (back-pressure).
     private func setPaused(_ pause: Bool) {
-        guard pause != paused else { return }
         var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
         guard rd_kafka_assignment(rk, &assignment) == RD_KAFKA_RESP_ERR_NO_ERROR, let assignment else { return }
         let list = PartitionList(taking: assignment)
         if pause { rd_kafka_pause_partitions(rk, list.list) } else { rd_kafka_resume_partitions(rk, list.list) }
-        paused = pause
+        logger.debug(pause ? "buffer full: partitions paused" : "buffer at half: partitions resumed")
     }
 
     /// Converts a batch of polled messages and hands them to the subscriptions.
@@ -531,46 +454,26 @@ final class KafkaGroupMember: @unchecked Sendable {
             guard raw.err == RD_KAFKA_RESP_ERR_NO_ERROR else { continue }
             var (pending, timestamp) = Self.pending(message)
             pending.position = position(raw.rkt.map { rd_kafka_topic_name($0) }, raw.partition)
-            arrived.append((pending.position, raw.offset, timestamp, pending))
+            arrived.append((pending, timestamp))
         }
         let now = Date().clampedMillisecondsSince1970
         var notYetDue: [Pending] = []
         let served = state.withLock { state -> [(Waiter, Delivery)] in
             for item in arrived {
-                guard var track = state.tracks[item.position], var pending = item.pending else { continue }
-                track.next = item.offset + 1
-                if let cut = track.skipBefore {
-                    if item.timestamp >= 0 && item.timestamp < cut {
-                        state.tracks[item.position] = track
-                        continue
-                    }
-                    track.skipBefore = nil
-                }
-                track.inFlight.append((item.offset, false))
-                state.tracks[item.position] = track
-                pending.epoch = state.epoch
-                state.unsettled += 1
-                if let due = pending.retryAt, due > now {
+                if case .later(let pending) = state.machine.arrive(item.pending, timestamp: item.timestamp, now: now) {
                     notYetDue.append(pending)
-                } else {
-                    state.gate.append(pending)
                 }
             }
             return state.serve()
         }
-        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        resume(served)
         // Retries wait in memory until due; their offsets stay uncommitted meanwhile, so a
         // member that stops first leaves them to the next.
         for pending in notYetDue {
             Task { [self] in
                 let (wait, overflow) = pending.retryAt!.subtractingReportingOverflow(Date().clampedMillisecondsSince1970)
                 try? await Task.sleep(for: .milliseconds(overflow ? 0 : max(0, wait)))
-                let served = state.withLock { state -> [(Waiter, Delivery)] in
-                    guard pending.epoch == state.epoch, !state.closing else { return [] }
-                    state.gate.append(pending)
-                    return state.serve()
-                }
-                for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+                settling { $0.release(pending) }
             }
         }
     }
@@ -603,26 +506,16 @@ final class KafkaGroupMember: @unchecked Sendable {
         )
         let retryAt = envelope.headers.removeValue(forKey: retryAtHeader).flatMap { Int64($0) }
         let position = Position(topic: 0, partition: raw.partition)
-        return (Pending(envelope: envelope, attempt: attempt, position: position, offset: raw.offset, epoch: 0, retryAt: retryAt), timestamp)
+        return (Pending(envelope: envelope, attempt: attempt, position: position, offset: raw.offset, retryAt: retryAt), timestamp)
     }
 
-    /// Commits the lowest unsettled offset of every partition that moved (all with `force`).
-    /// Commits the lowest unsettled offsets; `wait` bounds how long to wait for the result
-    /// (`nil`: do not wait). A commit still unanswered then completes in the background, so a
-    /// broker outage never stalls the member's thread (which would stall its deliveries).
-    private func commit(wait: Duration?, force: Bool) {
+    /// Commits `offsets`; `wait` bounds how long to wait for the result (`nil`: do not wait).
+    /// A commit still unanswered then completes in the background, so a broker outage never
+    /// stalls the member's thread (which would stall its deliveries).
+    private func commit(_ offsets: [(Position, Int64)], wait: Duration?) {
         lastCommit = ContinuousClock.now
-        let offsets = state.withLock { state -> [(Position, Int64)] in
-            var offsets: [(Position, Int64)] = []
-            for (position, track) in state.tracks where force || track.commitOffset > track.committed {
-                offsets.append((position, track.commitOffset))
-                state.tracks[position]?.committed = track.commitOffset
-            }
-            return offsets
-        }
-        guard !offsets.isEmpty else { return }
         let names = topics
-        let list = PartitionList(capacity: offsets.count)
+        let list = PartitionList(capacity: max(1, offsets.count))
         for (position, offset) in offsets where offset >= 0 { list.add(names[position.topic], position.partition, offset: offset) }
         guard list.count > 0 else { return }
         guard let wait else {
@@ -632,7 +525,17 @@ final class KafkaGroupMember: @unchecked Sendable {
         let results = rd_kafka_queue_new(rk)
         defer { rd_kafka_queue_destroy(results) }
         _ = rd_kafka_commit_queue(rk, list.list, results, nil, nil)
-        if let event = rd_kafka_queue_poll(results, KafkaClient.milliseconds(wait)) { rd_kafka_event_destroy(event) }
+        if let event = rd_kafka_queue_poll(results, KafkaClient.milliseconds(wait)) {
+            if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
+                logger.warning("an offset commit on revoke or close failed", metadata: ["kafka-error": "\(String(cString: rd_kafka_event_error_string(event)))"])
+            }
+            rd_kafka_event_destroy(event)
+        }
+    }
+
+    /// Whether the group uses the cooperative (incremental) rebalance protocol.
+    private func isCooperative(_ rk: OpaquePointer) -> Bool {
+        rd_kafka_rebalance_protocol(rk).map { String(cString: $0) } == "COOPERATIVE"
     }
 
     // MARK: Rebalance (on the member's thread, inside a poll)
@@ -649,54 +552,56 @@ final class KafkaGroupMember: @unchecked Sendable {
                 ]
             )
         }
-        let milliseconds = KafkaClient.milliseconds(timeout)
-        let committedError = rd_kafka_committed(rk, list.list, milliseconds)
-        var starts: [Position: (offset: Int64, skipBefore: Int64?)] = [:]
-        var unresolved: [Position] = []
-        for element in list.elements {
-            let position = position(element.topic, element.partition)
-            if committedError != RD_KAFKA_RESP_ERR_NO_ERROR || element.err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                // Unknown (the coordinator is busy): let librdkafka fetch the committed offset
-                // itself. Never guess a start here: that would overwrite the group's offsets.
-                starts[position] = (courier_rdk_offset_invalid(), nil)
-            } else if element.offset >= 0 {
-                starts[position] = (element.offset, nil)
-            } else {
-                unresolved.append(position)
+        var starts: [Position: KafkaMemberState.Start] = [:]
+        if list.count > 0 {
+            let milliseconds = KafkaClient.milliseconds(timeout)
+            let committedError = rd_kafka_committed(rk, list.list, milliseconds)
+            var unresolved: [Position] = []
+            for element in list.elements {
+                let position = position(element.topic, element.partition)
+                if committedError != RD_KAFKA_RESP_ERR_NO_ERROR || element.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                    // Unknown (the coordinator is busy): let librdkafka fetch the committed offset
+                    // itself. Never guess a start here: that would overwrite the group's offsets.
+                    starts[position] = .init(offset: courier_rdk_offset_invalid())
+                } else if element.offset >= 0 {
+                    starts[position] = .init(offset: element.offset)
+                } else {
+                    unresolved.append(position)
+                }
+            }
+            if !unresolved.isEmpty {
+                for (position, start) in resolveStart(rk, unresolved) { starts[position] = .init(offset: start.offset, skipBefore: start.skipBefore) }
+                // Commit the starting offsets now: from here on the group exists, and what is
+                // published next is kept for it even if this member leaves before reading.
+                let names = topics
+                let commit = PartitionList(capacity: unresolved.count)
+                for position in unresolved {
+                    if let start = starts[position], start.offset >= 0 { commit.add(names[position.topic], position.partition, offset: start.offset) }
+                }
+                if commit.count > 0 { _ = rd_kafka_commit(rk, commit.list, 0) }
+            }
+            for index in 0..<list.count {
+                let position = position(list.elements[index].topic, list.elements[index].partition)
+                list.elements[index].offset = starts[position]?.offset ?? courier_rdk_offset_invalid()
             }
         }
-        if !unresolved.isEmpty {
-            for (position, start) in resolveStart(rk, unresolved) { starts[position] = start }
-            // Commit the starting offsets now: from here on the group exists, and what is
-            // published next is kept for it even if this member leaves before reading.
-            let names = topics
-            let commit = PartitionList(capacity: unresolved.count)
-            for position in unresolved {
-                if let start = starts[position], start.offset >= 0 { commit.add(names[position.topic], position.partition, offset: start.offset) }
-            }
-            if commit.count > 0 { _ = rd_kafka_commit(rk, commit.list, 0) }
-        }
-        for index in 0..<list.count {
-            let position = position(list.elements[index].topic, list.elements[index].partition)
-            list.elements[index].offset = starts[position]?.offset ?? courier_rdk_offset_invalid()
-        }
-        rd_kafka_assign(rk, list.list)
-        // librdkafka keeps a partition's pause across an unassign and a new assign: a member
-        // that was at its prefetch limit when the group rebalanced would otherwise never fetch
-        // the partitions it is given back.
-        rd_kafka_resume_partitions(rk, list.list)
-        paused = false
-        hasJoined = true
-        let joiners = state.withLock { state -> [UnsafeContinuation<CourierError?, Never>] in
-            state.epoch += 1
-            state.pauseRequested = false
-            state.tracks = [:]
-            for (position, start) in starts {
-                state.tracks[position] = Track(next: start.offset, committed: start.offset, skipBefore: start.skipBefore)
-            }
-            state.joined = true
+        let (joiners, paused) = state.withLock { state -> ([UnsafeContinuation<CourierError?, Never>], Bool) in
+            state.machine.assign(starts)
             defer { state.joinWaiters.removeAll() }
-            return state.joinWaiters
+            return (state.joinWaiters, state.machine.paused)
+        }
+        if isCooperative(rk) {
+            if let error = rd_kafka_incremental_assign(rk, list.list) {
+                logger.warning("librdkafka refused an incremental assignment", metadata: ["kafka-error": "\(String(cString: rd_kafka_error_string(error)))"])
+                rd_kafka_error_destroy(error)
+            }
+        } else {
+            rd_kafka_assign(rk, list.list)
+        }
+        // librdkafka keeps a partition's pause across an unassign and a new assign: a partition
+        // given back must follow the member's current flow state.
+        if list.count > 0 {
+            if paused { rd_kafka_pause_partitions(rk, list.list) } else { rd_kafka_resume_partitions(rk, list.list) }
         }
         for joiner in joiners { joiner.resume(returning: nil) }
     }
@@ -745,19 +650,45 @@ final class KafkaGroupMember: @unchecked Sendable {
         return starts
     }
 
+    /// Gives partitions up: drops what nobody has seen of them, waits up to the revoke timeout
+    /// for their deliveries in flight to be settled, commits synchronously, then unassigns.
+    /// A lost assignment (the session expired) is not committed: another member owns it.
     private func revoked(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
-        let forgotten = state.withLock { $0.unsettled }
-        logger.debug("partitions revoked", metadata: ["kafka-unsettled-returned": "\(forgotten)"])
-        commit(wait: .seconds(2), force: true)
-        state.withLock { state in
-            state.epoch += 1
-            state.tracks.removeAll()
-            state.unsettled = 0
-            state.pauseRequested = false
-            _ = state.gate.removeAll(forgetInFlight: true)
+        let list = PartitionList(copying: partitions)
+        let positions = Set(list.elements.map { position($0.topic, $0.partition) })
+        let lost = rd_kafka_assignment_lost(rk) != 0
+        let began = ContinuousClock.now
+        let closing = state.withLock { state in
+            state.machine.beginRevoke(positions)
+            return state.machine.isClosing
         }
-        rd_kafka_assign(rk, nil)
-        paused = false
+        if !lost && !closing {
+            while ContinuousClock.now - began < revokeTimeout, !state.withLock({ $0.machine.revokeDrained }) {
+                usleep(1_000)
+            }
+        }
+        let (offsets, counters) = state.withLock { state in
+            (state.machine.finishRevoke(positions), state.machine.counters)
+        }
+        if !lost { commit(offsets, wait: timeout) }
+        if isCooperative(rk) {
+            if let error = rd_kafka_incremental_unassign(rk, list.list) {
+                logger.warning("librdkafka refused an incremental unassignment", metadata: ["kafka-error": "\(String(cString: rd_kafka_error_string(error)))"])
+                rd_kafka_error_destroy(error)
+            }
+        } else {
+            rd_kafka_assign(rk, nil)
+        }
+        logger.debug(
+            "partitions revoked",
+            metadata: [
+                "kafka-partitions": "\(positions.sorted().map { "\(topics[$0.topic])[\($0.partition)]" })",
+                "kafka-lost": "\(lost)",
+                "kafka-revoke-duration": "\(ContinuousClock.now - began)",
+                "kafka-abandoned-total": "\(counters.abandonedOnRevoke)",
+                "kafka-late-settlements-total": "\(counters.lateSettlements)",
+            ]
+        )
     }
 }
 

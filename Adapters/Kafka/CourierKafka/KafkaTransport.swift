@@ -88,6 +88,17 @@ public final class KafkaTransport: Transport {
         public var connectTimeout: Duration
         /// Limit for joining a consumer group. Default 60 s.
         public var joinTimeout: Duration = .seconds(60)
+        /// How many polled and unsettled messages a consumer-group member buffers before it
+        /// pauses fetching (back-pressure); it resumes at half. At least the sum of its
+        /// subscriptions' prefetch. Handlers take from this buffer without waiting for a fetch,
+        /// so handler concurrency and prefetch do not slow fetching down. Default 10,000.
+        public var bufferedMessages = 10_000
+        /// The same bound in payload bytes. Default 32 MiB.
+        public var bufferedBytes = 32 << 20
+        /// How long a member losing partitions in a rebalance waits for their deliveries in
+        /// flight to be settled before it commits and gives them up (what is still unsettled
+        /// then is delivered again to the new owner). Default 5 s.
+        public var revokeTimeout: Duration = .seconds(5)
         /// How long ``KafkaTransport/shutdown()`` waits for messages still in flight. Default 10 s.
         public var shutdownTimeout: Duration = .seconds(10)
         /// The largest payload accepted. Default 983,040 bytes: librdkafka's default
@@ -118,7 +129,14 @@ public final class KafkaTransport: Transport {
     public let configuration: Configuration
     public let capabilities: TransportCapabilities
     let producer: KafkaProducer
-    private let state = Mutex<(closed: Bool, members: [DeliveryOrigin: KafkaGroupMember])>((false, [:]))
+    private let state = Mutex<(closed: Bool, members: [DeliveryOrigin: KafkaGroupMember], retired: KafkaConsumerStatistics)>((false, [:], .init()))
+
+    /// What this transport's consumer-group members did so far (closed ones included): pauses
+    /// for back-pressure, revokes, and what rebalances cost.
+    public var consumerStatistics: KafkaConsumerStatistics {
+        let (members, retired) = state.withLock { (Array($0.members.values), $0.retired) }
+        return members.reduce(retired) { $0 + $1.counters }
+    }
 
     static let closedError = CourierError(.transportClosed, "the Kafka transport was shut down; create a new transport to continue")
 
@@ -303,8 +321,10 @@ public final class KafkaTransport: Transport {
                 configuration: configuration,
                 producer: producer
             ) { [weak self] member in
+                let counters = member.counters
                 self?.state.withLock { state in
                     if state.members[member.origin] === member { state.members[member.origin] = nil }
+                    state.retired = state.retired + counters
                 }
             }
             state.members[origin] = member
