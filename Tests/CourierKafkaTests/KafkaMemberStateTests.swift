@@ -114,7 +114,7 @@ import Testing
         #expect(!machine.revokeDrained)
         _ = try machine.ack(second)
         #expect(machine.revokeDrained)
-        let offsets = machine.finishRevoke([Self.p0]).map(\.1)
+        let offsets = machine.finishRevoke([Self.p0]).offsets.map(\.1)
         #expect(offsets == [2])
         #expect(machine.counters.abandonedOnRevoke == 0)
         #expect(machine.buffered == 0 && machine.assigned.isEmpty)
@@ -126,7 +126,7 @@ import Testing
         arrive(&machine, [message(Self.p0, 0, key: "k"), message(Self.p0, 1, key: "k")])
         let tag = try take(&machine).tag
         machine.beginRevoke([Self.p0])
-        let offsets = machine.finishRevoke([Self.p0], force: true).map(\.1)
+        let offsets = machine.finishRevoke([Self.p0], force: true).offsets.map(\.1)
         #expect(offsets == [0], "the unsettled offset is not passed")
         #expect(machine.counters.abandonedOnRevoke == 1)
         // The partition comes back (a new generation); the old delivery's ack is late.
@@ -154,7 +154,7 @@ import Testing
         #expect(b.pending.position == Self.p1)
         _ = try machine.ack(a.tag)
         #expect(machine.revokeDrained, "only p0's deliveries are waited for")
-        let offsets = machine.finishRevoke([Self.p0]).map(\.1)
+        let offsets = machine.finishRevoke([Self.p0]).offsets.map(\.1)
         #expect(offsets == [1])
         #expect(machine.phase == .running && machine.assigned == [Self.p1])
         #expect(try take(&machine).pending.offset == 1)
@@ -203,7 +203,7 @@ import Testing
         let redelivered = machine.redeliver(taken.tag, pending)
         #expect(!redelivered)
         #expect(machine.revokeDrained)
-        let offsets = machine.finishRevoke([Self.p0], force: true).map(\.1)
+        let offsets = machine.finishRevoke([Self.p0], force: true).offsets.map(\.1)
         #expect(offsets == [0])
     }
 

@@ -48,6 +48,10 @@ final class KafkaGroupMember: @unchecked Sendable {
     // Thread-confined: touched only on the member's thread (and in init).
     private var rk: OpaquePointer!
     private var queue: OpaquePointer!
+    /// Where the results of this member's commits arrive, each tagged with the rebalance
+    /// round it was sent in (a refusal from an earlier round says nothing about this one).
+    private var commitResults: OpaquePointer!
+    private var round = 1
     private var lastCommit = ContinuousClock.now
     private let started = ContinuousClock.now
     private var arrived: [(pending: Pending, timestamp: Int64)] = []
@@ -76,6 +80,8 @@ final class KafkaGroupMember: @unchecked Sendable {
         var closeWaiters: [UnsafeContinuation<Void, Never>] = []
         var failure: CourierError?
         var recommit = false
+        /// A commit met a rebalance: no periodic commits until the next rebalance callback.
+        var commitsSuspended = false
 
         /// Hands what can go to the waiting subscriptions.
         mutating func serve() -> [(Waiter, Delivery)] {
@@ -131,7 +137,7 @@ final class KafkaGroupMember: @unchecked Sendable {
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", reset),
             ("enable.partition.eof", "false"),
-            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("partition.assignment.strategy", "range,roundrobin"),
             ("allow.auto.create.topics", "false"),
         ], at: properties.count - configuration.settings.properties.count)
         let conf = try KafkaClient.configuration(properties)
@@ -144,21 +150,17 @@ final class KafkaGroupMember: @unchecked Sendable {
                 member.revoked(rk, partitions)
             }
         }
-        rd_kafka_conf_set_offset_commit_cb(conf) { _, error, _, opaque in
-            guard let opaque, error != RD_KAFKA_RESP_ERR_NO_ERROR, error != RD_KAFKA_RESP_ERR__NO_OFFSET else { return }
-            let member = Unmanaged<KafkaGroupMember>.fromOpaque(opaque).takeUnretainedValue()
-            member.logger.warning("an offset commit failed; committing again", metadata: ["kafka-error": "\(String(cString: rd_kafka_err2str(error)))"])
-            member.state.withLock { $0.recommit = true }
-        }
         // The handle lives no longer than the member: the thread holding `self` destroys it.
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(self).toOpaque())
         rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf, logger: configuration.logger)
         rd_kafka_poll_set_consumer(rk)
         queue = rd_kafka_queue_get_consumer(rk)
+        commitResults = rd_kafka_queue_new(rk)
         let subscription = PartitionList(capacity: 2)
         for name in topics { subscription.add(name, courier_rdk_partition_ua()) }
         let error = rd_kafka_subscribe(rk, subscription.list)
         if error != RD_KAFKA_RESP_ERR_NO_ERROR {
+            rd_kafka_queue_destroy(commitResults)
             rd_kafka_queue_destroy(queue)
             KafkaClient.destroy(rk)
             throw KafkaClient.error(error, "subscribing to \(topic) as group \(groupID)")
@@ -374,20 +376,26 @@ final class KafkaGroupMember: @unchecked Sendable {
     private func run() {
         var messages = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: 1024)
         while true {
-            let (closing, flow, capacity, recommit) = state.withLock { state in
-                defer { state.recommit = false }
+            let (closing, flow, capacity, recommit, suspended) = state.withLock { state in
                 let (flow, capacity) = state.machine.flow()
-                return (state.machine.isClosing, flow, capacity, state.recommit)
+                let recommit = state.recommit && !state.commitsSuspended
+                if recommit { state.recommit = false }
+                if state.commitsSuspended { state.recommit = true }
+                return (state.machine.isClosing, flow, capacity, recommit, state.commitsSuspended)
             }
             if closing { break }
             if !joinedInTime() { break }
+            readCommitResults()
             switch flow {
             case .pause: setPaused(true)
             case .resume: setPaused(false)
             case .none: break
             }
-            if recommit || ContinuousClock.now - lastCommit >= commitInterval {
-                commit(state.withLock { $0.machine.commits(force: recommit) }, wait: nil)
+            // While a rebalance holds commits, one is tried every second: an accepted one
+            // ends the hold (a rebalance that leaves this member's partitions alone may not
+            // call it back).
+            if recommit || ContinuousClock.now - lastCommit >= (suspended ? .seconds(1) : commitInterval) {
+                commit(state.withLock { $0.machine.commits(force: recommit || suspended) }, wait: nil)
             }
             let count = messages.withUnsafeMutableBufferPointer { buffer in
                 // librdkafka returns when the batch is full or the timeout passes: a short
@@ -399,6 +407,7 @@ final class KafkaGroupMember: @unchecked Sendable {
         }
         commit(state.withLock { $0.machine.commits(force: true) }, wait: .seconds(5))
         rd_kafka_consumer_close(rk)
+        rd_kafka_queue_destroy(commitResults)
         rd_kafka_queue_destroy(queue)
         KafkaClient.destroy(rk)
         let (waiters, joiners, failure) = state.withLock { state in
@@ -509,28 +518,84 @@ final class KafkaGroupMember: @unchecked Sendable {
         return (Pending(envelope: envelope, attempt: attempt, position: position, offset: raw.offset, retryAt: retryAt), timestamp)
     }
 
-    /// Commits `offsets`; `wait` bounds how long to wait for the result (`nil`: do not wait).
-    /// A commit still unanswered then completes in the background, so a broker outage never
-    /// stalls the member's thread (which would stall its deliveries).
-    private func commit(_ offsets: [(Position, Int64)], wait: Duration?) {
+    /// Commits `offsets`; `wait` bounds how long to wait for the result (`nil`: do not wait;
+    /// the result is read on a later turn of the thread). A commit still unanswered then
+    /// completes in the background, so a broker outage never stalls the member's thread.
+    /// Returns whether the broker accepted the commit, when waiting for it (`nil`: unknown).
+    @discardableResult
+    private func commit(_ offsets: [(Position, Int64)], wait: Duration?) -> Bool? {
         lastCommit = ContinuousClock.now
         let names = topics
         let list = PartitionList(capacity: max(1, offsets.count))
         for (position, offset) in offsets where offset >= 0 { list.add(names[position.topic], position.partition, offset: offset) }
-        guard list.count > 0 else { return }
-        guard let wait else {
-            if rd_kafka_commit(rk, list.list, 1) != RD_KAFKA_RESP_ERR_NO_ERROR { state.withLock { $0.recommit = true } }
-            return
+        guard list.count > 0 else { return true }
+        let error = rd_kafka_commit_queue(rk, list.list, commitResults, nil, UnsafeMutableRawPointer(bitPattern: round))
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            state.withLock { $0.recommit = true }
+            return false
         }
-        let results = rd_kafka_queue_new(rk)
-        defer { rd_kafka_queue_destroy(results) }
-        _ = rd_kafka_commit_queue(rk, list.list, results, nil, nil)
-        if let event = rd_kafka_queue_poll(results, KafkaClient.milliseconds(wait)) {
-            if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
-                logger.warning("an offset commit on revoke or close failed", metadata: ["kafka-error": "\(String(cString: rd_kafka_event_error_string(event)))"])
+        guard let wait else { return nil }
+        let deadline = ContinuousClock.now + wait
+        while let event = rd_kafka_queue_poll(commitResults, KafkaClient.milliseconds(max(.zero, deadline - .now))) {
+            if let accepted = readCommitResult(event) { return accepted }
+            if ContinuousClock.now >= deadline { break }
+        }
+        return nil
+    }
+
+    /// Reads the commit results that have arrived, without waiting.
+    private func readCommitResults() {
+        while let event = rd_kafka_queue_poll(commitResults, 0) { readCommitResult(event) }
+    }
+
+    /// Takes in one commit result (and destroys the event): whether the broker accepted it, or
+    /// `nil` when it belongs to an earlier rebalance round. Offsets the broker accepted are
+    /// confirmed; a commit refused because the group is rebalancing suspends periodic commits
+    /// and holds hand-outs until the rebalance callback; an accepted one ends that.
+    @discardableResult
+    private func readCommitResult(_ event: OpaquePointer) -> Bool? {
+        defer { rd_kafka_event_destroy(event) }
+        let error = rd_kafka_event_error(event)
+        let sentIn = Int(bitPattern: rd_kafka_event_opaque(event))
+        guard sentIn == round else { return nil }
+        guard error != RD_KAFKA_RESP_ERR_NO_ERROR, error != RD_KAFKA_RESP_ERR__NO_OFFSET else {
+            if let list = rd_kafka_event_topic_partition_list(event) {
+                let elements = UnsafeMutableBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt))
+                let confirmed = elements.filter { $0.err == RD_KAFKA_RESP_ERR_NO_ERROR }.map { (position($0.topic, $0.partition), $0.offset) }
+                state.withLock { state in for (position, offset) in confirmed { state.machine.confirm(position, offset) } }
             }
-            rd_kafka_event_destroy(event)
+            rebalanceEnded()
+            return true
         }
+        // librdkafka takes a commit refused for an old generation as a lost assignment; more
+        // commits meanwhile would only make it so. The rebalance callback commits instead.
+        let rebalancing = error == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS || error == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION
+            || error == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID
+        logger.log(
+            level: rebalancing ? .debug : .warning,
+            rebalancing ? "an offset commit met a rebalance; committing on the rebalance callback" : "an offset commit failed; committing again",
+            metadata: ["kafka-error": "\(String(cString: rd_kafka_event_error_string(event)))"]
+        )
+        state.withLock { state in
+            state.recommit = true
+            if rebalancing {
+                state.commitsSuspended = true
+                state.machine.rebalanceStarted()
+            }
+        }
+        return false
+    }
+
+    /// Periodic commits and hand-outs go on again: a rebalance callback came, or a commit was
+    /// accepted.
+    private func rebalanceEnded() {
+        let served = state.withLock { state -> [(Waiter, Delivery)] in
+            guard state.commitsSuspended || state.machine.rebalancing else { return [] }
+            state.commitsSuspended = false
+            state.machine.rebalanceEnded()
+            return state.serve()
+        }
+        resume(served)
     }
 
     /// Whether the group uses the cooperative (incremental) rebalance protocol.
@@ -552,6 +617,17 @@ final class KafkaGroupMember: @unchecked Sendable {
                 ]
             )
         }
+        round += 1
+        // A rebalance has just completed: the one moment the group surely takes commits for
+        // what this member keeps (periodic ones may have been refused while it ran).
+        let (pending, force) = state.withLock { state in
+            let force = state.recommit || state.commitsSuspended
+            state.recommit = false
+            state.commitsSuspended = false
+            return (state.machine.commits(force: force), force)
+        }
+        if force || !pending.isEmpty { commit(pending, wait: timeout) }
+        rebalanceEnded()
         var starts: [Position: KafkaMemberState.Start] = [:]
         if list.count > 0 {
             let milliseconds = KafkaClient.milliseconds(timeout)
@@ -598,11 +674,10 @@ final class KafkaGroupMember: @unchecked Sendable {
         } else {
             rd_kafka_assign(rk, list.list)
         }
-        // librdkafka keeps a partition's pause across an unassign and a new assign: a partition
-        // given back must follow the member's current flow state.
-        if list.count > 0 {
-            if paused { rd_kafka_pause_partitions(rk, list.list) } else { rd_kafka_resume_partitions(rk, list.list) }
-        }
+        // A partition joining a paused member is paused too. Never resume a partition that is
+        // not paused: librdkafka before 2.4 then restarts fetching from an older offset
+        // (its issues #4637 and #4686), which delivered messages twice.
+        if paused && list.count > 0 { rd_kafka_pause_partitions(rk, list.list) }
         for joiner in joiners { joiner.resume(returning: nil) }
     }
 
@@ -652,12 +727,12 @@ final class KafkaGroupMember: @unchecked Sendable {
 
     /// Gives partitions up: drops what nobody has seen of them, waits up to the revoke timeout
     /// for their deliveries in flight to be settled, commits synchronously, then unassigns.
-    /// A lost assignment (the session expired) is not committed: another member owns it.
     private func revoked(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
         let list = PartitionList(copying: partitions)
         let positions = Set(list.elements.map { position($0.topic, $0.partition) })
         let lost = rd_kafka_assignment_lost(rk) != 0
         let began = ContinuousClock.now
+        round += 1
         let closing = state.withLock { state in
             state.machine.beginRevoke(positions)
             return state.machine.isClosing
@@ -667,10 +742,21 @@ final class KafkaGroupMember: @unchecked Sendable {
                 usleep(1_000)
             }
         }
-        let (offsets, counters) = state.withLock { state in
-            (state.machine.finishRevoke(positions), state.machine.counters)
+        let (revoke, paused) = state.withLock { state in
+            (state.machine.finishRevoke(positions, force: true), state.machine.paused)
         }
-        if !lost { commit(offsets, wait: timeout) }
+        let offsets = revoke.offsets
+        // librdkafka keeps a partition's pause across an unassign and a new assign: resume what
+        // was paused before giving it up, so that it is fetched when it comes back.
+        if paused { rd_kafka_resume_partitions(rk, list.list) }
+        // A lost assignment is committed too: the offsets cover only settled messages, so at
+        // worst the broker refuses them or the new owner reads some again; nothing is skipped.
+        let accepted = commit(offsets, wait: timeout)
+        let counters = state.withLock { state in
+            if accepted != true { state.machine.revokeCommitRefused(exposed: revoke.exposed) }
+            return state.machine.counters
+        }
+        rebalanceEnded()
         if isCooperative(rk) {
             if let error = rd_kafka_incremental_unassign(rk, list.list) {
                 logger.warning("librdkafka refused an incremental unassignment", metadata: ["kafka-error": "\(String(cString: rd_kafka_error_string(error)))"])

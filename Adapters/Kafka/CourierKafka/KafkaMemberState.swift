@@ -99,6 +99,10 @@ struct KafkaMemberState: Sendable {
         var committed: Int64
         var skipBefore: Int64?
         var generation: UInt64
+        /// The last offset the broker confirmed as committed.
+        var confirmed: Int64
+        /// The offset after the highest one handed out.
+        var handedEnd: Int64
         /// Polled and unsettled messages and their bytes.
         var count = 0
         var bytes = 0
@@ -139,12 +143,28 @@ struct KafkaMemberState: Sendable {
         self.limits = limits
     }
 
+    /// Whether the group is rebalancing (the broker refused a commit for it): nothing new is
+    /// handed out until the rebalance callback, so that less is left uncommitted if the
+    /// partitions move.
+    private(set) var rebalancing = false
+
     /// Whether deliveries may be handed out.
     var isRunning: Bool {
         switch phase {
-        case .running, .revoking: true
+        case .running, .revoking: !rebalancing
         default: false
         }
+    }
+
+    /// The broker refused a commit because the group is rebalancing.
+    mutating func rebalanceStarted() {
+        if !rebalancing { counters.rebalanceHolds += 1 }
+        rebalancing = true
+    }
+
+    /// The rebalance is over for this member (a rebalance callback, or a commit accepted).
+    mutating func rebalanceEnded() {
+        rebalancing = false
     }
 
     var isClosing: Bool { phase == .closing || phase == .closed }
@@ -164,7 +184,10 @@ struct KafkaMemberState: Sendable {
         nextGeneration += 1
         for (position, start) in starts {
             if let old = tracks.removeValue(forKey: position) { forget(old) }
-            tracks[position] = Track(next: start.offset, committed: start.offset, skipBefore: start.skipBefore, generation: nextGeneration)
+            tracks[position] = Track(
+                next: start.offset, committed: start.offset, skipBefore: start.skipBefore, generation: nextGeneration,
+                confirmed: start.offset, handedEnd: start.offset
+            )
         }
         if phase == .joining || phase == .running { phase = .running }
         joined = true
@@ -189,11 +212,13 @@ struct KafkaMemberState: Sendable {
 
     /// Ends a revoke: returns the offsets to commit for `positions` (those that moved, or all
     /// with `force`), forgets the partitions and frees the keys of their unsettled deliveries.
-    mutating func finishRevoke(_ positions: Set<Position>, force: Bool = false) -> [(Position, Int64)] {
+    mutating func finishRevoke(_ positions: Set<Position>, force: Bool = false) -> (offsets: [(Position, Int64)], exposed: Int) {
         var offsets: [(Position, Int64)] = []
+        var exposed = 0
         for position in positions.sorted() {
             guard let track = tracks.removeValue(forKey: position) else { continue }
             if force || track.commitOffset > track.committed { offsets.append((position, track.commitOffset)) }
+            exposed += Int(max(0, track.handedEnd - track.confirmed))
             forget(track)
         }
         // Their deliveries stay known, so that a late settlement is counted, not refused; a
@@ -210,7 +235,20 @@ struct KafkaMemberState: Sendable {
         _ = gate.remove { positions.contains($0.position) }
         if case .revoking = phase { phase = tracks.isEmpty ? .joining : .running }
         if tracks.isEmpty && !isClosing { paused = false }
-        return offsets
+        return (offsets, exposed)
+    }
+
+    /// The broker confirmed `offset` as the committed offset of `position`.
+    mutating func confirm(_ position: Position, _ offset: Int64) {
+        guard offset >= 0, let track = tracks[position], offset > track.confirmed else { return }
+        tracks[position]!.confirmed = offset
+    }
+
+    /// The revoke's own commit was refused: what was handed out beyond the last confirmed
+    /// commit of the revoked partitions (`exposed`, from ``finishRevoke(_:force:)``) may be
+    /// delivered again by their next owner.
+    mutating func revokeCommitRefused(exposed: Int) {
+        counters.exposedOnRevoke += exposed
     }
 
     private mutating func forget(_ track: Track) {
@@ -299,6 +337,9 @@ struct KafkaMemberState: Sendable {
     /// The next message for `subscription`, with its tag; `nil` when none can go now.
     mutating func handOut(to subscription: Int) -> (tag: UInt64, pending: Pending)? {
         guard isRunning, let pending = gate.next() else { return nil }
+        if let track = tracks[pending.position], pending.offset >= track.handedEnd, track.generation == pending.generation {
+            tracks[pending.position]!.handedEnd = pending.offset + 1
+        }
         nextTag += 1
         taken[nextTag] = Taken(pending: pending, subscription: subscription)
         return (nextTag, pending)
@@ -420,14 +461,21 @@ public struct KafkaConsumerStatistics: Sendable, Equatable, CustomStringConverti
     public var resumes = 0
     /// Revokes (rebalances that took partitions away, and closes).
     public var revokes = 0
+    /// Times hand-outs were held because the broker refused a commit for a rebalance.
+    public var rebalanceHolds = 0
     /// Settlements of deliveries whose partition had been revoked: ignored, because the
     /// partition's new owner gets the message again.
     public var lateSettlements = 0
     /// Buffered messages a revoke dropped before any subscription saw them.
     public var droppedOnRevoke = 0
     /// Handed-out deliveries still unsettled when a revoke gave their partition up (after the
-    /// revoke timeout): the duplicates a rebalance costs.
+    /// revoke timeout): their next owner delivers them again.
     public var abandonedOnRevoke = 0
+    /// Deliveries handed out beyond the last commit the broker confirmed, in partitions whose
+    /// commit on revoke the broker refused (a broker that refuses commits while a group
+    /// rebalances, such as librdkafka's mock cluster): their next owner may deliver them
+    /// again. With a broker that takes commits during a rebalance (Apache Kafka), 0.
+    public var exposedOnRevoke = 0
 
     public init() {}
 
@@ -437,13 +485,15 @@ public struct KafkaConsumerStatistics: Sendable, Equatable, CustomStringConverti
         sum.pauses += b.pauses
         sum.resumes += b.resumes
         sum.revokes += b.revokes
+        sum.rebalanceHolds += b.rebalanceHolds
         sum.lateSettlements += b.lateSettlements
         sum.droppedOnRevoke += b.droppedOnRevoke
         sum.abandonedOnRevoke += b.abandonedOnRevoke
+        sum.exposedOnRevoke += b.exposedOnRevoke
         return sum
     }
 
     public var description: String {
-        "pauses \(pauses), resumes \(resumes), revokes \(revokes), dropped on revoke \(droppedOnRevoke), abandoned on revoke \(abandonedOnRevoke), late settlements \(lateSettlements)"
+        "pauses \(pauses), resumes \(resumes), revokes \(revokes), rebalance holds \(rebalanceHolds), dropped on revoke \(droppedOnRevoke), abandoned on revoke \(abandonedOnRevoke), exposed by refused revoke commits \(exposedOnRevoke), late settlements \(lateSettlements)"
     }
 }

@@ -73,10 +73,14 @@ public final class KafkaMockCluster: @unchecked Sendable {
     }
 
     /// A `kafka://` URL for this cluster: topics created on first use, short group sessions.
-    /// `options` are appended (`"rdkafka.linger.ms=1"`).
+    /// `options` are appended (`"rdkafka.linger.ms=1"`, or several joined by `&`); one with the
+    /// name of a default replaces it (`"create_topics=off"`).
     public func url(_ options: String...) -> String {
+        let given = options.flatMap { $0.split(separator: "&").map(String.init) }.filter { !$0.isEmpty }
+        let names = Set(given.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
         let base = ["create_topics=auto", "rdkafka.session.timeout.ms=6000", "rdkafka.heartbeat.interval.ms=500", "rdkafka.fetch.wait.max.ms=100"]
-        return "kafka://\(bootstrapServers)?" + (base + options).joined(separator: "&")
+            .filter { !names.contains(String($0.split(separator: "=", maxSplits: 1)[0])) }
+        return "kafka://\(bootstrapServers)?" + (base + given).joined(separator: "&")
     }
 
     /// The URL with the defaults of ``url(_:)``.
