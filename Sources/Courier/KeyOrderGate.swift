@@ -9,30 +9,37 @@ import DequeModule
 /// Returned items (a nack, a closed consumer) go back to the front with ``returnToFront(_:)``:
 /// they are older than everything waiting, including the held-back items of their key.
 public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
-    private var ready = Deque<Element>()
-    private var parked: [String: Deque<Element>] = [:]
-    private var busy = Set<String>()
-    private let ordered: Bool
-    private let key: @Sendable (Element) -> String?
+    // Inlinable, so that adapters in other modules get it specialized for their element type
+    // (it is on every message's path).
+    @usableFromInline var ready = Deque<Element>()
+    @usableFromInline var parked: [String: Deque<Element>] = [:]
+    @usableFromInline var busy = Set<String>()
+    @usableFromInline let ordered: Bool
+    @usableFromInline let key: @Sendable (Element) -> String?
 
     /// Creates an empty gate; `key` gives an item's ordering key.
+    @inlinable
     public init(ordered: Bool = true, key: @escaping @Sendable (Element) -> String?) {
         self.ordered = ordered
         self.key = key
     }
 
     /// Whether nothing waits in arrival order (held-back items may remain).
+    @inlinable
     public var isEmpty: Bool { ready.isEmpty }
 
     /// How many items wait, held-back ones included.
+    @inlinable
     public var count: Int { ready.count + parked.values.reduce(0) { $0 + $1.count } }
 
     /// Adds an item behind all others.
+    @inlinable
     public mutating func append(_ element: Element) {
         ready.append(element)
     }
 
     /// The next item whose key is free, marking its key in flight; `nil` when none can go.
+    @inlinable
     public mutating func next() -> Element? {
         while let element = ready.popFirst() {
             if ordered, let key = key(element) {
@@ -49,6 +56,7 @@ public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
 
     /// The item of `key` in flight was settled: the next held-back item of that key moves to
     /// the front.
+    @inlinable
     public mutating func release(key: String?) {
         guard ordered, let key else { return }
         busy.remove(key)
@@ -59,6 +67,7 @@ public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
 
     /// Every waiting item, held-back ones included, without removing any: those in arrival
     /// order first, then the held-back ones of each key in order.
+    @inlinable
     public var elements: [Element] {
         var all = Array(ready)
         for key in parked.keys.sorted() { all.append(contentsOf: parked[key]!) }
@@ -66,6 +75,7 @@ public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
     }
 
     /// Puts an item that was in flight back at the front and frees its key.
+    @inlinable
     public mutating func returnToFront(_ element: Element) {
         ready.prepend(element)
         if ordered, let key = key(element) { busy.remove(key) }
@@ -73,6 +83,7 @@ public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
 
     /// Removes the waiting items (held-back ones included) that match `predicate` and returns
     /// them in order; keys in flight stay in flight.
+    @inlinable
     public mutating func remove(where predicate: (Element) -> Bool) -> [Element] {
         var removed: [Element] = []
         ready.removeAll { element in
@@ -93,6 +104,7 @@ public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
 
     /// Removes every waiting item (held-back ones included) and returns them; with
     /// `forgetInFlight`, keys in flight are freed too (their items will not be settled).
+    @inlinable
     public mutating func removeAll(forgetInFlight: Bool) -> [Element] {
         var removed = Array(ready)
         for (_, waiting) in parked { removed.append(contentsOf: waiting) }

@@ -14,14 +14,25 @@ public enum RFC3339 {
         let (seconds, fraction) = milliseconds.quotientAndRemainder(dividingBy: 1000)
         let (wholeSeconds, positiveFraction) = fraction < 0 ? (seconds - 1, fraction + 1000) : (seconds, fraction)
         // Every message gets a timestamp: format each second once, then only append milliseconds.
-        let base = cache.withLock { cache in
+        var base = cache.withLock { cache in
             if cache.second == wholeSeconds { return cache.prefix }
             let formatted = Date(timeIntervalSince1970: TimeInterval(wholeSeconds)).formatted(plain)
             cache = (wholeSeconds, String(formatted.dropLast()))
             return cache.prefix
         }
-        let digits = String(positiveFraction)
-        return base + "." + String(repeating: "0", count: 3 - digits.count) + digits + "Z"
+        // One allocation: the cached second, then ".mmmZ" written digit by digit.
+        return base.withUTF8 { prefix in
+            String(unsafeUninitializedCapacity: prefix.count + 5) { buffer in
+                _ = buffer.initialize(fromContentsOf: prefix)
+                let fraction = Int(positiveFraction)
+                buffer[prefix.count] = UInt8(ascii: ".")
+                buffer[prefix.count + 1] = UInt8(ascii: "0") + UInt8(fraction / 100)
+                buffer[prefix.count + 2] = UInt8(ascii: "0") + UInt8(fraction / 10 % 10)
+                buffer[prefix.count + 3] = UInt8(ascii: "0") + UInt8(fraction % 10)
+                buffer[prefix.count + 4] = UInt8(ascii: "Z")
+                return prefix.count + 5
+            }
+        }
     }
 
     /// Parses a timestamp with or without fractional seconds; `nil` when it is not RFC 3339.
@@ -30,30 +41,47 @@ public enum RFC3339 {
         return (try? style.parse(string)) ?? (try? plain.parse(string))
     }
 
-    private static let parsed = Mutex<(prefix: Substring, seconds: Double)>(("", 0))
-
-    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the form Courier writes, without a full parse: the second
-    /// is parsed once and remembered (messages arrive in bursts from the same second).
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the form Courier writes, parsed digit by digit (no
+    /// formatter, no lock: every received message carries one).
     private static func fastDate(from string: String) -> Date? {
-        let utf8 = string.utf8
-        guard utf8.count == 24, utf8.last == UInt8(ascii: "Z") else { return nil }
-        let dot = utf8.index(utf8.startIndex, offsetBy: 19)
-        guard utf8[dot] == UInt8(ascii: ".") else { return nil }
-        var milliseconds = 0
-        for byte in utf8[utf8.index(after: dot)..<utf8.index(dot, offsetBy: 4)] {
-            guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return nil }
-            milliseconds = milliseconds * 10 + Int(byte - UInt8(ascii: "0"))
+        var string = string
+        return string.withUTF8 { fastDate(utf8: UnsafeRawBufferPointer($0)) }
+    }
+
+    /// Parses a timestamp from its UTF-8 bytes (a broker header's value), without a `String`
+    /// for the form Courier writes; `nil` when it is not RFC 3339.
+    public static func date(utf8 bytes: UnsafeRawBufferPointer) -> Date? {
+        if let date = fastDate(utf8: bytes) { return date }
+        return date(from: String(decoding: bytes, as: UTF8.self))
+    }
+
+    private static func fastDate(utf8 bytes: UnsafeRawBufferPointer) -> Date? {
+        do {
+            guard bytes.count == 24, bytes[4] == UInt8(ascii: "-"), bytes[7] == UInt8(ascii: "-"), bytes[10] == UInt8(ascii: "T"),
+                bytes[13] == UInt8(ascii: ":"), bytes[16] == UInt8(ascii: ":"), bytes[19] == UInt8(ascii: "."), bytes[23] == UInt8(ascii: "Z")
+            else { return nil }
+            var valid = true
+            func number(_ from: Int, _ count: Int) -> Int {
+                var value = 0
+                for index in from..<(from + count) {
+                    let digit = Int(bytes[index]) - 48
+                    if digit < 0 || digit > 9 { valid = false }
+                    value = value * 10 + digit
+                }
+                return value
+            }
+            let (year, month, day) = (number(0, 4), number(5, 2), number(8, 2))
+            let (hour, minute, second, millisecond) = (number(11, 2), number(14, 2), number(17, 2), number(20, 3))
+            guard valid, (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 61 else { return nil }
+            // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+            let y = month <= 2 ? year - 1 : year
+            let era = (y >= 0 ? y : y - 399) / 400
+            let yearOfEra = y - era * 400
+            let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
+            let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+            let days = era * 146_097 + dayOfEra - 719_468
+            let milliseconds = ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millisecond
+            return Date(timeIntervalSince1970: Double(milliseconds) / 1000)
         }
-        let prefix = Substring(string)[..<String.Index(dot, within: string)!]
-        let cached = parsed.withLock { $0.prefix == prefix ? $0.seconds : nil }
-        let seconds: Double
-        if let cached {
-            seconds = cached
-        } else {
-            guard let date = try? plain.parse(String(prefix) + "Z") else { return nil }
-            seconds = date.timeIntervalSince1970
-            parsed.withLock { $0 = (prefix, seconds) }
-        }
-        return Date(timeIntervalSince1970: seconds + Double(milliseconds) / 1000)
     }
 }

@@ -37,17 +37,46 @@ public enum WireFormat {
         private var headers: [String: String] = [:]
         private var id: String?
         private var time: String?
+        private var parsedTime: Date?
         private var key: String?
         private var attempt: String?
 
         /// No headers yet.
         public init() {}
 
+        /// Adds one received header from its name's and value's UTF-8 bytes (borrowed from a
+        /// client library's buffer): Courier's own headers are recognised without a `String`
+        /// for their name, and the timestamp is parsed from its bytes.
+        public mutating func add(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+            if name.count > 3, name[0] == UInt8(ascii: "c"), name[1] == UInt8(ascii: "e"), name[2] == UInt8(ascii: "_") {
+                if Self.equals(name, Self.timeName) {
+                    if let date = RFC3339.date(utf8: value) { parsedTime = date } else { time = String(decoding: value, as: UTF8.self) }
+                    return
+                }
+                if Self.equals(name, Self.specVersionName) { return }
+                if Self.equals(name, Self.idName) {
+                    id = String(decoding: value, as: UTF8.self)
+                    return
+                }
+            }
+            add(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
+        }
+
+        private static let idName = Array(CourierHeader.id.utf8)
+        private static let timeName = Array(CourierHeader.time.utf8)
+        private static let specVersionName = Array(CourierHeader.specVersion.utf8)
+
+        private static func equals(_ bytes: UnsafeRawBufferPointer, _ name: [UInt8]) -> Bool {
+            bytes.count == name.count && name.withUnsafeBytes { bytes.elementsEqual($0) }
+        }
+
         /// Adds one received header.
         public mutating func add(_ name: String, _ value: String) {
             switch name {
             case CourierHeader.id: id = value
-            case CourierHeader.time: time = value
+            case CourierHeader.time:
+                time = value
+                parsedTime = nil
             case CourierHeader.partitionKey: key = value
             case CourierHeader.attempt: attempt = value
             case CourierHeader.specVersion: break
@@ -67,7 +96,7 @@ public enum WireFormat {
             var headers = headers
             for name in ignoring { headers.removeValue(forKey: name) }
             let id = id ?? fallbackID ?? MessageID.random()
-            let time = time.flatMap(RFC3339.date(from:)) ?? fallbackTime ?? Date()
+            let time = parsedTime ?? time.flatMap(RFC3339.date(from:)) ?? fallbackTime ?? Date()
             let attempt = attempt.flatMap { Int($0) }.map { max(1, $0) } ?? 1
             return (Envelope(id: id, payload: payload, headers: headers, key: key ?? fallbackKey, timestamp: time), attempt)
         }

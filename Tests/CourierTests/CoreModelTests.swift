@@ -51,6 +51,48 @@ struct CoreModelTests {
         #expect(abs(parsed.timeIntervalSince(date)) < 0.001)
         #expect(RFC3339.date(from: "2023-11-14T22:13:20Z") != nil)
         #expect(RFC3339.date(from: "yesterday") == nil)
+        #expect(RFC3339.string(from: Date(timeIntervalSince1970: 1_700_000_000.005)) == "2023-11-14T22:13:20.005Z")
+        #expect(RFC3339.string(from: Date(timeIntervalSince1970: 1_700_000_000.05)) == "2023-11-14T22:13:20.050Z")
+        #expect(RFC3339.string(from: Date(timeIntervalSince1970: -0.001)) == "1969-12-31T23:59:59.999Z")
+    }
+
+    /// Headers read from a client library's bytes give the same envelope as headers read as strings.
+    @Test func receivedHeadersFromBytesMatchStrings() throws {
+        let sent = Envelope(id: "order-7", payload: Array("{}".utf8), headers: ["ce_type": "OrderPlaced.v1", "tenant": "acme"], key: "k-1",
+                            timestamp: Date(timeIntervalSince1970: 1_700_000_000.123))
+        let headers = WireFormat.headers(for: sent, attempt: 3).merging(["ce_time_zone": "UTC"]) { a, _ in a }
+        var fromBytes = WireFormat.Received()
+        var fromStrings = WireFormat.Received()
+        for (name, value) in headers {
+            var name = name
+            var value = value
+            name.withUTF8 { name in value.withUTF8 { value in fromBytes.add(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value)) } }
+            fromStrings.add(name, value)
+        }
+        let a = fromBytes.envelope(payload: sent.payload)
+        let b = fromStrings.envelope(payload: sent.payload)
+        #expect(a.envelope == b.envelope && a.attempt == 3 && b.attempt == 3)
+        #expect(a.envelope.id == "order-7" && a.envelope.key == "k-1" && a.envelope.timestamp == sent.timestamp)
+        #expect(a.envelope.headers == ["ce_type": "OrderPlaced.v1", "tenant": "acme", "ce_time_zone": "UTC"])
+    }
+
+    /// The digit-by-digit parse of Courier's own form agrees with Foundation's ISO 8601 parser
+    /// across leap years, month ends, centuries and dates before 1970.
+    @Test func rfc3339FastParseAgreesWithFoundation() throws {
+        let style = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+        var generator = SystemRandomNumberGenerator()
+        let fixed: [Int64] = [0, -1, 951_782_400_000, 951_868_799_999, 4_107_542_400_000, -2_208_988_800_001, 1_709_251_199_999, 253_402_300_799_999]
+        let random = (0..<2_000).map { _ in Int64.random(in: -5_000_000_000_000...5_000_000_000_000, using: &generator) }
+        for milliseconds in fixed + random {
+            let date = Date(timeIntervalSince1970: Double(milliseconds) / 1000)
+            let text = RFC3339.string(from: date)
+            let expected = try style.parse(text)
+            let parsed = try #require(RFC3339.date(from: text), "\(text)")
+            #expect(abs(parsed.timeIntervalSince(expected)) < 0.0005, "\(text)")
+        }
+        for malformed in ["2023-13-14T22:13:20.123Z", "2023-11-14T22:13:2x.123Z", "2023-11-14 22:13:20.123Z"] {
+            #expect(RFC3339.date(from: malformed) == nil, "\(malformed)")
+        }
     }
 
     @Test(arguments: ["orders", "web-store.customer-registered", "A_b-9.x", String(repeating: "n", count: 200)])

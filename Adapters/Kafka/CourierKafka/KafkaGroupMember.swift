@@ -499,7 +499,7 @@ final class KafkaGroupMember: @unchecked Sendable {
             var size = 0
             while rd_kafka_header_get_all(list, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
                 if let name {
-                    received.add(String(cString: name), value.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? "")
+                    received.add(name: UnsafeRawBufferPointer(start: name, count: strlen(name)), value: UnsafeRawBufferPointer(start: value, count: value == nil ? 0 : size))
                 }
                 index += 1
             }

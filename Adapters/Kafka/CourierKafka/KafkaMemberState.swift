@@ -33,6 +33,9 @@ struct KafkaMemberState: Sendable {
         var partition: Int32
 
         static func < (a: Position, b: Position) -> Bool { (a.topic, a.partition) < (b.topic, b.partition) }
+
+        /// One word to hash (looked up several times per message).
+        func hash(into hasher: inout Hasher) { hasher.combine(topic << 32 | Int(UInt32(bitPattern: partition))) }
     }
 
     /// A message polled and not yet settled, as it waits in the gate.
@@ -91,7 +94,10 @@ struct KafkaMemberState: Sendable {
         case late
     }
 
-    private struct Track {
+    /// A partition's offsets. A class, confined to the state (which its member guards with a
+    /// lock): mutating a struct inside the dictionary goes through an accessor coroutine
+    /// that allocates on every call, and this is touched several times per message.
+    private final class Track: @unchecked Sendable {
         /// Offsets polled, in order, with whether each is settled.
         var inFlight = Deque<(offset: Int64, settled: Bool)>()
         /// The offset after the last one polled (or the start offset).
@@ -107,18 +113,51 @@ struct KafkaMemberState: Sendable {
         var count = 0
         var bytes = 0
 
+        init(start: Start, generation: UInt64) {
+            next = start.offset
+            committed = start.offset
+            skipBefore = start.skipBefore
+            self.generation = generation
+            confirmed = start.offset
+            handedEnd = start.offset
+        }
+
         var commitOffset: Int64 { inFlight.first?.offset ?? next }
 
-        mutating func settle(_ offset: Int64) {
+        func handedOut(_ offset: Int64, generation: UInt64) {
+            if offset >= handedEnd && generation == self.generation { handedEnd = offset + 1 }
+        }
+
+        /// Takes in a polled message and returns the generation it belongs to; `nil` when it
+        /// is older than a timestamp start.
+        func arrive(_ offset: Int64, size: Int, timestamp: Int64) -> UInt64? {
+            next = offset + 1
+            if let cut = skipBefore {
+                if timestamp >= 0 && timestamp < cut { return nil }
+                skipBefore = nil
+            }
+            inFlight.append((offset, false))
+            count += 1
+            bytes += size
+            return generation
+        }
+
+        /// Settles the message at `offset` of `generation`; `false` when the partition has
+        /// been assigned anew since (the settlement is late).
+        func settle(_ offset: Int64, size: Int, generation: UInt64) -> Bool {
+            guard generation == self.generation else { return false }
+            count -= 1
+            bytes -= size
             var low = 0
             var high = inFlight.count
             while low < high {
                 let middle = (low + high) / 2
                 if inFlight[middle].offset < offset { low = middle + 1 } else { high = middle }
             }
-            guard low < inFlight.count, inFlight[low].offset == offset else { return }
+            guard low < inFlight.count, inFlight[low].offset == offset else { return true }
             inFlight[low].settled = true
             while let first = inFlight.first, first.settled { inFlight.removeFirst() }
+            return true
         }
     }
 
@@ -184,10 +223,7 @@ struct KafkaMemberState: Sendable {
         nextGeneration += 1
         for (position, start) in starts {
             if let old = tracks.removeValue(forKey: position) { forget(old) }
-            tracks[position] = Track(
-                next: start.offset, committed: start.offset, skipBefore: start.skipBefore, generation: nextGeneration,
-                confirmed: start.offset, handedEnd: start.offset
-            )
+            tracks[position] = Track(start: start, generation: nextGeneration)
         }
         if phase == .joining || phase == .running { phase = .running }
         joined = true
@@ -241,7 +277,7 @@ struct KafkaMemberState: Sendable {
     /// The broker confirmed `offset` as the committed offset of `position`.
     mutating func confirm(_ position: Position, _ offset: Int64) {
         guard offset >= 0, let track = tracks[position], offset > track.confirmed else { return }
-        tracks[position]!.confirmed = offset
+        track.confirmed = offset
     }
 
     /// The revoke's own commit was refused: what was handed out beyond the last confirmed
@@ -305,21 +341,14 @@ struct KafkaMemberState: Sendable {
 
     /// Takes a polled message into the buffer.
     mutating func arrive(_ message: Pending, timestamp: Int64, now: Int64) -> Arrival {
-        guard !isClosing, var track = tracks[message.position] else { return .skipped }
+        guard !isClosing else { return .skipped }
         if case .revoking(let positions) = phase, positions.contains(message.position) { return .skipped }
-        defer { tracks[message.position] = track }
-        track.next = message.offset + 1
-        if let cut = track.skipBefore {
-            if timestamp >= 0 && timestamp < cut { return .skipped }
-            track.skipBefore = nil
-        }
+        let size = message.size
+        guard let track = tracks[message.position], let generation = track.arrive(message.offset, size: size, timestamp: timestamp) else { return .skipped }
         var pending = message
-        pending.generation = track.generation
-        track.inFlight.append((message.offset, false))
-        track.count += 1
-        track.bytes += pending.size
+        pending.generation = generation
         buffered += 1
-        bufferedBytes += pending.size
+        bufferedBytes += size
         if let due = pending.retryAt, due > now { return .later(pending) }
         gate.append(pending)
         return .queued
@@ -337,9 +366,7 @@ struct KafkaMemberState: Sendable {
     /// The next message for `subscription`, with its tag; `nil` when none can go now.
     mutating func handOut(to subscription: Int) -> (tag: UInt64, pending: Pending)? {
         guard isRunning, let pending = gate.next() else { return nil }
-        if let track = tracks[pending.position], pending.offset >= track.handedEnd, track.generation == pending.generation {
-            tracks[pending.position]!.handedEnd = pending.offset + 1
-        }
+        tracks[pending.position]?.handedOut(pending.offset, generation: pending.generation)
         nextTag += 1
         taken[nextTag] = Taken(pending: pending, subscription: subscription)
         return (nextTag, pending)
@@ -347,8 +374,11 @@ struct KafkaMemberState: Sendable {
 
     /// Settles `tag` (an ack).
     mutating func ack(_ tag: UInt64) throws(CourierError) -> Settlement {
-        guard let taken = taken[tag], taken.state == .handedOut else { throw CourierError.alreadySettled(deliveryTag: tag) }
-        self.taken[tag] = nil
+        guard let taken = taken.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
+        guard taken.state == .handedOut else {
+            self.taken[tag] = taken
+            throw CourierError.alreadySettled(deliveryTag: tag)
+        }
         return settle(taken.pending)
     }
 
@@ -408,15 +438,13 @@ struct KafkaMemberState: Sendable {
 
     /// Marks a message settled: its offset may be committed, its key is free.
     private mutating func settle(_ pending: Pending) -> Settlement {
-        guard isCurrent(pending) else {
+        let size = pending.size
+        guard tracks[pending.position]?.settle(pending.offset, size: size, generation: pending.generation) == true else {
             counters.lateSettlements += 1
             return .late
         }
-        tracks[pending.position]!.settle(pending.offset)
-        tracks[pending.position]!.count -= 1
-        tracks[pending.position]!.bytes -= pending.size
         buffered -= 1
-        bufferedBytes -= pending.size
+        bufferedBytes -= size
         gate.release(key: pending.envelope.key)
         return .settled
     }
@@ -429,7 +457,7 @@ struct KafkaMemberState: Sendable {
         var offsets: [(Position, Int64)] = []
         for (position, track) in tracks where force || track.commitOffset > track.committed {
             offsets.append((position, track.commitOffset))
-            tracks[position]!.committed = track.commitOffset
+            track.committed = track.commitOffset
         }
         return offsets.sorted { $0.0 < $1.0 }
     }
