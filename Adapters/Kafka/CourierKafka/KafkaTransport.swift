@@ -123,7 +123,8 @@ public final class KafkaTransport: Transport {
         }
     }
 
-    /// The librdkafka version linked into this program. Courier is tested with 2.0.2.
+    /// The librdkafka version linked into this program. Courier builds against 2.0.2 and newer and
+    /// is tested with 2.0.2 (mock cluster) and 2.8.0 (Tansu); use 2.2 or newer against real brokers.
     public static var librdkafkaVersion: String { String(cString: rd_kafka_version_str()) }
 
     public let configuration: Configuration
