@@ -38,7 +38,12 @@ public enum RFC3339 {
     /// Parses a timestamp with or without fractional seconds; `nil` when it is not RFC 3339.
     public static func date(from string: String) -> Date? {
         if let date = fastDate(from: string) { return date }
-        return (try? style.parse(string)) ?? (try? plain.parse(string))
+        return formatterDate(from: string)
+    }
+
+    /// The full parse, for every other RFC 3339 form.
+    private static func formatterDate(from string: String) -> Date? {
+        (try? style.parse(string)) ?? (try? plain.parse(string))
     }
 
     /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the form Courier writes, parsed digit by digit (no
@@ -52,7 +57,7 @@ public enum RFC3339 {
     /// for the form Courier writes; `nil` when it is not RFC 3339.
     public static func date(utf8 bytes: UnsafeRawBufferPointer) -> Date? {
         if let date = fastDate(utf8: bytes) { return date }
-        return date(from: String(decoding: bytes, as: UTF8.self))
+        return formatterDate(from: String(decoding: bytes, as: UTF8.self))
     }
 
     private static func fastDate(utf8 bytes: UnsafeRawBufferPointer) -> Date? {

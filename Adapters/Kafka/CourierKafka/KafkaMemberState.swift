@@ -96,7 +96,9 @@ struct KafkaMemberState: Sendable {
 
     /// A partition's offsets. A class, confined to the state (which its member guards with a
     /// lock): mutating a struct inside the dictionary goes through an accessor coroutine
-    /// that allocates on every call, and this is touched several times per message.
+    /// that allocates on every call, and this is touched several times per message. So a copy
+    /// of a `KafkaMemberState` shares its tracks: keep one state per member and never mutate
+    /// a copy.
     private final class Track: @unchecked Sendable {
         /// Offsets polled, in order, with whether each is settled.
         var inFlight = Deque<(offset: Int64, settled: Bool)>()
