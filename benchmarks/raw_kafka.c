@@ -9,7 +9,9 @@
  *       message's offset (the "ack") and committing every 200 ms. Prints
  *       "produce/s consume/s produce-µs-CPU/msg consume-µs-CPU/msg". Consume time runs from
  *       the first message (the group join is not counted), as in courier bench --phases.
- *       With COURIER_LIKE=1 each message carries the headers a Courier message carries.
+ *       With COURIER_LIKE=1 each message carries the headers a Courier message carries; with
+ *       COURIER_READ=1 as well the consumer reads every header and copies each payload, as a
+ *       consumer that hands messages on (Courier's envelope) must.
  */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -118,6 +120,8 @@ static int bench(const char *bootstrap, const char *topic, long count, int size)
     rd_kafka_subscribe(k, subscription);
     rd_kafka_queue_t *queue = rd_kafka_queue_get_consumer(k);
     rd_kafka_message_t *batch[1024];
+    int read = getenv("COURIER_READ") && *getenv("COURIER_READ");
+    volatile size_t sink = 0;
     long received = 0;
     double start = 0, cpuStart = 0;
     double lastProgress = now();
@@ -128,6 +132,20 @@ static int bench(const char *bootstrap, const char *topic, long count, int size)
             rd_kafka_message_t *m = batch[i];
             if (!m->err) {
                 if (received == 0) { start = now(); cpuStart = cpu(); }
+                if (read) {
+                    /* What a consumer of Courier's messages does at least: read the headers
+                       (librdkafka parses them on first access) and keep the payload. */
+                    rd_kafka_headers_t *h = NULL;
+                    if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        const char *name; const void *value; size_t size;
+                        for (size_t i = 0; rd_kafka_header_get_all(h, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+                            sink += size + (unsigned char)name[0];
+                    }
+                    void *copy = malloc(m->len);
+                    memcpy(copy, m->payload, m->len);
+                    sink += ((unsigned char *)copy)[0];
+                    free(copy);
+                }
                 rd_kafka_offset_store(m->rkt, m->partition, m->offset);
                 received++;
             }

@@ -34,7 +34,7 @@ public struct KeyOrderGate<Element>: Sendable where Element: Sendable {
 
     /// Adds an item behind all others.
     @inlinable
-    public mutating func append(_ element: Element) {
+    public mutating func append(_ element: consuming Element) {
         ready.append(element)
     }
 

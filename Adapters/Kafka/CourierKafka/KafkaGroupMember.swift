@@ -95,7 +95,8 @@ final class KafkaGroupMember: @unchecked Sendable {
 
         mutating func handOut(to subscription: KafkaSubscription) -> Delivery? {
             guard let (tag, pending) = machine.handOut(to: subscription.id) else { return nil }
-            return Delivery(envelope: pending.envelope, attempt: pending.attempt, origin: subscription.origin, tag: tag, settler: subscription)
+            let attempt = pending.attempt
+            return Delivery(envelope: (consume pending).envelope, attempt: attempt, origin: subscription.origin, tag: tag, settler: subscription)
         }
     }
 
@@ -467,8 +468,10 @@ final class KafkaGroupMember: @unchecked Sendable {
         }
         let now = Date().clampedMillisecondsSince1970
         var notYetDue: [Pending] = []
+        // Moved out back to front (no copy of each envelope): reversed first.
+        arrived.reverse()
         let served = state.withLock { state -> [(Waiter, Delivery)] in
-            for item in arrived {
+            while let item = arrived.popLast() {
                 if case .later(let pending) = state.machine.arrive(item.pending, timestamp: item.timestamp, now: now) {
                     notYetDue.append(pending)
                 }

@@ -342,12 +342,12 @@ struct KafkaMemberState: Sendable {
     }
 
     /// Takes a polled message into the buffer.
-    mutating func arrive(_ message: Pending, timestamp: Int64, now: Int64) -> Arrival {
+    mutating func arrive(_ message: consuming Pending, timestamp: Int64, now: Int64) -> Arrival {
         guard !isClosing else { return .skipped }
         if case .revoking(let positions) = phase, positions.contains(message.position) { return .skipped }
         let size = message.size
         guard let track = tracks[message.position], let generation = track.arrive(message.offset, size: size, timestamp: timestamp) else { return .skipped }
-        var pending = message
+        var pending = consume message
         pending.generation = generation
         buffered += 1
         bufferedBytes += size
