@@ -10,11 +10,12 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Courier", targets: ["Courier"]),
+        .library(name: "CourierBus", targets: ["CourierBus"]),
         .library(name: "CourierConformance", targets: ["CourierConformance"]),
         .library(name: "CourierRabbitMQ", targets: ["CourierRabbitMQ"]),
         .library(name: "CourierKafka", targets: ["CourierKafka"]),
         .library(name: "CourierTransports", targets: ["CourierTransports"]),
-        .executable(name: "courier", targets: ["courier"]),
+        .executable(name: "courier", targets: ["CourierCLI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
@@ -32,6 +33,15 @@ let package = Package(
             dependencies: [
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictness
+        ),
+        .target(
+            name: "CourierBus",
+            dependencies: [
+                "Courier",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -40,7 +50,7 @@ let package = Package(
         ),
         .target(
             name: "CourierConformance",
-            dependencies: ["Courier"],
+            dependencies: ["Courier", "CourierBus"],
             swiftSettings: strictness
         ),
         .target(
@@ -80,6 +90,7 @@ let package = Package(
             name: "CourierTransports",
             dependencies: [
                 "Courier",
+                "CourierBus",
                 "CourierRabbitMQ",
                 "CourierKafka",
                 .product(name: "Configuration", package: "swift-configuration"),
@@ -87,9 +98,10 @@ let package = Package(
             swiftSettings: strictness
         ),
         .executableTarget(
-            name: "courier",
+            name: "CourierCLI",
             dependencies: [
                 "Courier",
+                "CourierBus",
                 "CourierRabbitMQ",
                 "CourierKafka",
                 "CourierTransports",
@@ -104,6 +116,7 @@ let package = Package(
             name: "CourierTests",
             dependencies: [
                 "Courier",
+                "CourierBus",
                 "CourierTransports",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
@@ -116,6 +129,7 @@ let package = Package(
             name: "CourierConformanceTests",
             dependencies: [
                 "Courier",
+                "CourierBus",
                 "CourierConformance",
                 "CourierTransports",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -131,7 +145,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CourierIntegrationTests",
-            dependencies: ["Courier", "CourierConformance", "CourierRabbitMQ", "CRabbitMQ", "CourierKafka", "CourierTransports"],
+            dependencies: ["Courier", "CourierBus", "CourierConformance", "CourierRabbitMQ", "CRabbitMQ", "CourierKafka", "CourierTransports"],
             path: "IntegrationTests",
             exclude: ["README.md"],
             swiftSettings: strictness

@@ -1,5 +1,6 @@
 import Courier
-import CourierKafka
+import CourierBus
+@_spi(Testing) import CourierKafka
 import Foundation
 import Testing
 

@@ -1,5 +1,5 @@
 import Courier
-import CourierKafka
+@_spi(Testing) import CourierKafka
 import Foundation
 import Testing
 

@@ -1,5 +1,6 @@
 import Configuration
 import Courier
+import CourierBus
 import CourierKafka
 import CourierRabbitMQ
 

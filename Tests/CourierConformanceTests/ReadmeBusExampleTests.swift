@@ -1,5 +1,6 @@
 import Configuration
 import Courier
+import CourierBus
 import CourierConformance
 import CourierTransports
 import Logging

@@ -1,5 +1,6 @@
 import Configuration
 import Courier
+import CourierBus
 import CourierTransports
 import Foundation
 import Logging

@@ -5,6 +5,9 @@ import Foundation
 /// A Kafka-protocol broker in this process, for tests: librdkafka's mock cluster
 /// (`rdkafka_mock.h`), listening on loopback, with fault injection.
 ///
+/// Test-only API, outside the library's stable surface: import it with
+/// `@_spi(Testing) import CourierKafka` (as swift-kafka-client keeps its test hooks apart).
+///
 /// ```swift
 /// let cluster = try KafkaMockCluster(brokers: 3)
 /// let transport = try await KafkaTransport.connect(cluster.url)
@@ -17,7 +20,7 @@ import Foundation
 /// members to rejoin a rebalance, and an empty fetch waits the whole `fetch.wait.max.ms` even
 /// when messages arrive meanwhile, so ``url`` also lowers `session.timeout.ms` and
 /// `fetch.wait.max.ms`.
-public final class KafkaMockCluster: @unchecked Sendable {
+@_spi(Testing) public final class KafkaMockCluster: @unchecked Sendable {
     /// A Kafka protocol request type, for ``failRequests(_:with:count:)``.
     public struct API: RawRepresentable, Sendable, Hashable {
         public let rawValue: Int16

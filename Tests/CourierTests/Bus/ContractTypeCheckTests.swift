@@ -2,11 +2,12 @@ import Foundation
 import Testing
 
 /// `publish` takes events and `send` takes commands: the other way round must not compile.
-/// Type-checks small programs against the built `Courier` module with `swiftc`.
+/// Type-checks small programs against the built `Courier` and `CourierBus` modules with `swiftc`.
 @Suite("MessageBus contracts at compile time")
 struct ContractTypeCheckTests {
     static let prelude = """
         import Courier
+        import CourierBus
         struct Registered: IntegrationEvent { var id: Int }
         struct Create: IntegrationCommand { var id: Int }
         func use(_ bus: MessageBus) async throws {
@@ -19,7 +20,7 @@ struct ContractTypeCheckTests {
         var directory = binary.deletingLastPathComponent()
         for _ in 0..<4 {
             let modules = directory.appendingPathComponent("Modules")
-            if FileManager.default.fileExists(atPath: modules.appendingPathComponent("Courier.swiftmodule").path) { return modules }
+            if FileManager.default.fileExists(atPath: modules.appendingPathComponent("CourierBus.swiftmodule").path) { return modules }
             directory.deleteLastPathComponent()
         }
         throw TimeoutError(what: "the built Courier module near \(binary.path) (run the tests with swift test)")

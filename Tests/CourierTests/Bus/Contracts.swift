@@ -1,4 +1,5 @@
 import Courier
+import CourierBus
 
 // The contracts the bus tests use, at file scope so that their names follow the convention
 // without a test type's name in front.

@@ -1,4 +1,5 @@
 import Courier
+import CourierBus
 import Foundation
 import Logging
 import Synchronization

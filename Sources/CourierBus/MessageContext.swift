@@ -1,3 +1,4 @@
+import Courier
 import Logging
 
 /// What a handler knows about the message it handles, and how it publishes and sends

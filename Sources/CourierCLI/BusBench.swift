@@ -1,5 +1,6 @@
 import ArgumentParser
 import Courier
+import CourierBus
 import Foundation
 import Logging
 import Synchronization

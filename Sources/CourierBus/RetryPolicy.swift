@@ -1,3 +1,4 @@
+import Courier
 import Foundation
 
 /// What the bus does when a handler throws: first ``immediateRetries`` more calls right away

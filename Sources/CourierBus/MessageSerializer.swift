@@ -1,3 +1,4 @@
+import Courier
 import Foundation
 
 /// Turns contract values into payload bytes and back. The bus writes ``contentType`` into

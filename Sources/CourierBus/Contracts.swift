@@ -1,3 +1,5 @@
+import Courier
+
 /// A message contract of the bus: a `Codable & Sendable` type whose values travel as the
 /// payload, with its name and version in the ``CourierHeader/type`` header.
 ///

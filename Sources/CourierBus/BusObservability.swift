@@ -1,3 +1,4 @@
+import Courier
 import CoreMetrics
 import Metrics
 import Tracing

@@ -1,3 +1,4 @@
+import Courier
 import DequeModule
 import Logging
 import Synchronization
