@@ -140,7 +140,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CourierKafkaTests",
-            dependencies: ["Courier", "CourierKafka"],
+            dependencies: ["Courier", "CourierKafka", "Crdkafka"],
             swiftSettings: strictness
         ),
         .testTarget(

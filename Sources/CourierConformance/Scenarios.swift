@@ -479,6 +479,9 @@ struct Scenarios: Sendable {
             let sent = envelopes(total, "event")
             let confirmed = Locked(0)
             let retries = Locked(0)
+            // A broker restart is the transient failure every transport meets: what a publish
+            // throws meanwhile must say that trying again may succeed.
+            let notRetriable = Locked<[String]>([])
             async let reading = read([subscription], expecting: Set(sent.map(\.id)), idle: .seconds(60))
             let publisher = try await suite.makeTransport()
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -493,6 +496,9 @@ struct Scenarios: Sendable {
                                     break
                                 } catch where ContinuousClock.now < deadline {
                                     retries.withLock { $0 += 1 }
+                                    if (error as? CourierError)?.isRetriable != true {
+                                        notRetriable.withLock { $0.append("\(error)") }
+                                    }
                                     try await Task.sleep(for: .milliseconds(200))
                                 }
                             }
@@ -510,7 +516,9 @@ struct Scenarios: Sendable {
             try await publisher.shutdown()
             let received = try await reading
             try expectAll(sent, in: received, "across two broker restarts")
-            return "\(total) messages from 100 publishers across 2 broker restarts, all confirmed ones arrived (\(retries.withLock { $0 }) publish retries, \(received.duplicates) duplicates)"
+            let unmarked = notRetriable.withLock { $0 }
+            try check(unmarked.isEmpty, "\(unmarked.count) publishes failed during a broker restart with errors not marked retriable, e.g. \(unmarked.first ?? "")")
+            return "\(total) messages from 100 publishers across 2 broker restarts, all confirmed ones arrived (\(retries.withLock { $0 }) publish retries, each error retriable; \(received.duplicates) duplicates)"
         }
     }
 
@@ -618,6 +626,8 @@ struct Scenarios: Sendable {
         } catch let error as CourierError {
             try check(error.code == code, "\(what) threw \(error.code) (\(error.message)), expected \(code)")
             try check(!error.message.isEmpty, "\(what) threw an error without a message")
+            // Bad input is a caller's mistake: the same call can never succeed later.
+            try check(!error.isRetriable, "\(what) threw \(error.code) marked retriable; bad input must not be retried")
             return
         } catch {
             throw fail("\(what) threw \(type(of: error)) \(error), expected CourierError \(code)")

@@ -431,7 +431,8 @@ final class KafkaGroupMember: @unchecked Sendable {
             guard !state.machine.joined else { return true }
             state.failure = CourierError(
                 .timeout,
-                "joining consumer group \(groupID) for \(origin) took longer than \(joinTimeout); check that the group coordinator is reachable"
+                "joining consumer group \(groupID) for \(origin) took longer than \(joinTimeout); check that the group coordinator is reachable",
+                isRetriable: true
             )
             state.machine.beginClose()
             return false

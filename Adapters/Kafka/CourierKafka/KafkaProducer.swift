@@ -101,7 +101,7 @@ final class KafkaProducer: @unchecked Sendable {
                     throw KafkaClient.error(error, "looking up topic \(topic)")
                 }
                 if ContinuousClock.now >= deadline {
-                    throw CourierError(.timeout, "topic \(topic) did not become available within \(timeout); check the cluster's health and the topic's partitions")
+                    throw CourierError(.timeout, "topic \(topic) did not become available within \(timeout); check the cluster's health and the topic's partitions", isRetriable: true)
                 }
                 Thread.sleep(forTimeInterval: 0.05)
             }

@@ -389,7 +389,7 @@ enum KafkaRewind {
             var assigned = 0
             while assigned == 0 {
                 guard ContinuousClock.now < deadline else {
-                    throw CourierError(.timeout, "rewinding \(description): joining the group took longer than \(joinTimeout)")
+                    throw CourierError(.timeout, "rewinding \(description): joining the group took longer than \(joinTimeout)", isRetriable: true)
                 }
                 if let message = rd_kafka_consumer_poll(rk, 100) { rd_kafka_message_destroy(message) }
                 var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
