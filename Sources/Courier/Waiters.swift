@@ -53,6 +53,8 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
     public var isEmpty: Bool { queue.isEmpty }
     /// How many tasks wait.
     public var count: Int { queue.count }
+    /// The task that has waited longest, left waiting.
+    public var first: Waiter? { queue.first }
     /// The waiting tasks' tags, first come first.
     public var tags: [Tag] { queue.map(\.tag) }
 
@@ -64,6 +66,10 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
         guard let index = queue.firstIndex(where: { predicate($0.tag) }) else { return nil }
         return queue.remove(at: index)
     }
+
+    /// Puts back a task taken with ``popFirst()`` or ``popFirst(where:)`` that could not be
+    /// served after all, ahead of the others.
+    public mutating func putBack(_ waiter: Waiter) { queue.prepend(waiter) }
 
     /// Takes every task whose tag passes `predicate`, first come first.
     public mutating func removeAll(where predicate: (Tag) -> Bool) -> [Waiter] {
@@ -151,6 +157,11 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
 private enum WaitStart<Value: Sendable> {
     case done(Result<Value, any Error>)
     case wait(Int)
+}
+
+extension Waiters.Waiter where Value == Void {
+    /// Resumes a task that waits for nothing but its turn.
+    public func resume() { continuation.resume(returning: ()) }
 }
 
 extension Waiters where Tag == Void {

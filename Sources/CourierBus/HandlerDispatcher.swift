@@ -38,6 +38,9 @@ final class HandlerDispatcher: Sendable {
         var intake: Task<Void, Never>?
         var intakeEnded = false
         var failure: (any Error)?
+        /// `stop` waiting for the running handlers to finish, and whether its deadline passed.
+        var idleWaiters = Waiters<Void, Void>()
+        var deadlinePassed = false
     }
     private let state: Mutex<State>
 
@@ -163,7 +166,11 @@ final class HandlerDispatcher: Sendable {
             guard let next else { break }
             current = next
         }
-        _ = state.withLock { $0.running.removeValue(forKey: worker) }
+        let idle = state.withLock { state in
+            state.running.removeValue(forKey: worker)
+            return state.running.isEmpty ? state.idleWaiters.removeAll() : []
+        }
+        for waiter in idle { waiter.resume() }
     }
 
     /// Stops intake, waits up to `deadline` for running handlers, then closes the
@@ -182,10 +189,20 @@ final class HandlerDispatcher: Sendable {
         waiter?.resume(returning: false)
         intake?.cancel()
         await intake?.value
-        let end = ContinuousClock.now + deadline
-        while runningCount > 0 && ContinuousClock.now < end && !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(5))
+        // Waits (no polling) until the last handler finishes or the deadline passes; a
+        // cancelled stop waits no longer.
+        let timer = Task { [self] in
+            try? await Task.sleep(for: deadline)
+            let waiters = state.withLock { state in
+                state.deadlinePassed = true
+                return state.idleWaiters.removeAll()
+            }
+            for waiter in waiters { waiter.resume() }
         }
+        _ = try? await Waiters.wait(in: state, \.idleWaiters, cancelled: .success(())) { state in
+            state.running.isEmpty || state.deadlinePassed ? .success(()) : nil
+        }
+        timer.cancel()
         let late = state.withLock { Array($0.running.values) }
         await subscription.close()
         for task in late { task.cancel() }

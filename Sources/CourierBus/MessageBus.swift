@@ -93,7 +93,7 @@ public final class MessageBus: Sendable {
         var publishMetrics: [String: PublishMetrics] = [:]
         var shutdown: Task<Void, any Error>?
         var closed = false
-        var closeWaiters: [UnsafeContinuation<Void, Never>] = []
+        var closeWaiters = Waiters<Void, Void>()
     }
     private let state = Mutex(State())
 
@@ -368,19 +368,15 @@ public final class MessageBus: Sendable {
     private func markClosed() {
         let waiters = state.withLock { state in
             state.closed = true
-            defer { state.closeWaiters = [] }
-            return state.closeWaiters
+            return state.closeWaiters.removeAll()
         }
         for waiter in waiters { waiter.resume() }
     }
 
     private func waitUntilClosed() async {
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let closed = state.withLock { state in
-                if !state.closed { state.closeWaiters.append(continuation) }
-                return state.closed
-            }
-            if closed { continuation.resume() }
+        // A cancelled wait ends early; the close itself goes on.
+        _ = try? await Waiters.wait(in: state, \.closeWaiters, cancelled: .success(())) { state in
+            state.closed ? .success(()) : nil
         }
     }
 }
@@ -399,7 +395,8 @@ extension MessageBus: Service {
         } onCancel: {
             Task { try? await self.shutdown(deadline: .zero) }
         }
-        try await shutdown()
+        // A cancelled run stops waiting at once; its shutdown has no deadline either way.
+        if Task.isCancelled { try await shutdown(deadline: .zero) } else { try await shutdown() }
     }
 }
 

@@ -62,22 +62,17 @@ final class KafkaGroupMember: @unchecked Sendable {
     /// The header carrying when a message republished to the retry topic is due (ms since 1970).
     static let retryAtHeader = "ce_courierretryat"
 
-    private struct Waiter {
-        let id: Int
-        let subscription: KafkaSubscription
-        let continuation: UnsafeContinuation<Delivery?, any Error>
-    }
+    private typealias Waiter = Waiters<Delivery?, KafkaSubscription>.Waiter
 
     /// The state machine and the waiters around it, under one lock.
     private struct Shared {
         var machine: KafkaMemberState
-        var waiters = Deque<Waiter>()
-        var cancelled = Set<Int>()
-        var nextWaiter = 0
+        var waiters = Waiters<Delivery?, KafkaSubscription>()
         var subscriptions: [Int: Int] = [:]
         var nextSubscription = 0
-        var joinWaiters: [UnsafeContinuation<CourierError?, Never>] = []
-        var closeWaiters: [UnsafeContinuation<Void, Never>] = []
+        /// Subscriptions waiting for the first assignment: resumed with `nil`, or the failure.
+        var joinWaiters = Waiters<CourierError?, Void>()
+        var closeWaiters = Waiters<Void, Void>()
         var failure: CourierError?
         var recommit = false
         /// A commit met a rebalance: no periodic commits until the next rebalance callback.
@@ -86,9 +81,8 @@ final class KafkaGroupMember: @unchecked Sendable {
         /// Hands what can go to the waiting subscriptions.
         mutating func serve() -> [(Waiter, Delivery)] {
             var served: [(Waiter, Delivery)] = []
-            while let waiter = waiters.first, let delivery = handOut(to: waiter.subscription) {
-                waiters.removeFirst()
-                served.append((waiter, delivery))
+            while let subscription = waiters.first?.tag, let delivery = handOut(to: subscription) {
+                served.append((waiters.popFirst()!, delivery))
             }
             return served
         }
@@ -196,14 +190,17 @@ final class KafkaGroupMember: @unchecked Sendable {
             return state.nextSubscription
         }
         let subscription = KafkaSubscription(member: self, id: id)
-        let failure = await withUnsafeContinuation { (continuation: UnsafeContinuation<CourierError?, Never>) in
-            let ready = state.withLock { state -> CourierError?? in
-                if state.machine.joined { return .some(nil) }
-                if state.machine.phase == .closed { return .some(state.failure ?? KafkaTransport.closedError) }
-                state.joinWaiters.append(continuation)
-                return .none
+        // A subscribe cancelled while the group forms ends as a closed subscription.
+        let cancelled = CourierError(.subscriptionClosed, "subscribing to \(origin) was cancelled while the group formed")
+        let failure: CourierError?
+        do {
+            failure = try await Waiters.wait(in: state, \.joinWaiters, cancelled: .success(cancelled)) { state in
+                if state.machine.joined { return .success(nil) }
+                if state.machine.phase == .closed { return .success(state.failure ?? KafkaTransport.closedError) }
+                return nil
             }
-            if let ready { continuation.resume(returning: ready) }
+        } catch {
+            failure = cancelled
         }
         if let failure {
             await detach(subscription)
@@ -218,17 +215,12 @@ final class KafkaGroupMember: @unchecked Sendable {
         let (ended, served, last) = state.withLock { state -> ([Waiter], [(Waiter, Delivery)], Bool) in
             guard state.subscriptions.removeValue(forKey: subscription.id) != nil else { return ([], [], false) }
             state.machine.detach(subscription: subscription.id)
-            var ended: [Waiter] = []
-            state.waiters.removeAll { waiter in
-                guard waiter.subscription.id == subscription.id else { return false }
-                ended.append(waiter)
-                return true
-            }
+            let ended = state.waiters.removeAll { $0.id == subscription.id }
             let last = state.subscriptions.isEmpty
             if last { state.machine.beginClose() }
             return (ended, last ? [] : state.serve(), last)
         }
-        for waiter in ended { waiter.continuation.resume(returning: nil) }
+        for waiter in ended { waiter.resume(returning: nil) }
         resume(served)
         if last { await close() }
     }
@@ -238,62 +230,29 @@ final class KafkaGroupMember: @unchecked Sendable {
     func close() async {
         let ended = state.withLock { state -> [Waiter] in
             state.machine.beginClose()
-            defer { state.waiters.removeAll() }
-            return Array(state.waiters)
+            return state.waiters.removeAll()
         }
-        for waiter in ended { waiter.continuation.resume(returning: nil) }
+        for waiter in ended { waiter.resume(returning: nil) }
         rd_kafka_queue_yield(queue)
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let done = state.withLock { state in
-                if state.machine.phase != .closed { state.closeWaiters.append(continuation) }
-                return state.machine.phase == .closed
-            }
-            if done { continuation.resume() }
+        // A cancelled close stops waiting; the member's thread finishes the close regardless.
+        _ = try? await Waiters.wait(in: state, \.closeWaiters, cancelled: .success(())) { state in
+            state.machine.phase == .closed ? .success(()) : nil
         }
     }
 
     // MARK: Deliveries
 
     func next(for subscription: KafkaSubscription) async throws -> Delivery? {
-        enum Fast { case delivery(Delivery), end, failure(CourierError), wait(Int) }
-        let fast: Fast = state.withLock { state in
-            guard state.subscriptions[subscription.id] != nil, !state.machine.isClosing else { return state.failure.map { .failure($0) } ?? .end }
-            if let delivery = state.handOut(to: subscription) { return .delivery(delivery) }
-            state.nextWaiter += 1
-            return .wait(state.nextWaiter)
-        }
-        let id: Int
-        switch fast {
-        case .delivery(let delivery): return delivery
-        case .end: return nil
-        case .failure(let error): throw error
-        case .wait(let waitID): id = waitID
-        }
-        return try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Delivery?, any Error>) in
-                let immediate: Result<Delivery?, any Error>? = state.withLock { state in
-                    if state.cancelled.remove(id) != nil { return .success(nil) }
-                    guard state.subscriptions[subscription.id] != nil, !state.machine.isClosing else {
-                        return state.failure.map { .failure($0) } ?? .success(nil)
-                    }
-                    if let delivery = state.handOut(to: subscription) { return .success(delivery) }
-                    state.waiters.append(Waiter(id: id, subscription: subscription, continuation: continuation))
-                    return nil
-                }
-                if let immediate { continuation.resume(with: immediate) }
+        try await Waiters.wait(in: state, \.waiters, tag: subscription, cancelled: .success(nil)) { state in
+            guard state.subscriptions[subscription.id] != nil, !state.machine.isClosing else {
+                return state.failure.map { .failure($0) } ?? .success(nil)
             }
-        } onCancel: {
-            let waiter = state.withLock { state -> Waiter? in
-                if let index = state.waiters.firstIndex(where: { $0.id == id }) { return state.waiters.remove(at: index) }
-                state.cancelled.insert(id)
-                return nil
-            }
-            waiter?.continuation.resume(returning: nil)
+            return state.handOut(to: subscription).map { .success($0) }
         }
     }
 
     private func resume(_ served: [(Waiter, Delivery)]) {
-        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        for (waiter, delivery) in served { waiter.resume(returning: delivery) }
     }
 
     /// Runs `change` on the state machine, serves the waiters, and wakes the paused thread
@@ -413,11 +372,7 @@ final class KafkaGroupMember: @unchecked Sendable {
         KafkaClient.destroy(rk)
         let (waiters, joiners, failure) = state.withLock { state in
             state.machine.finishClose()
-            defer {
-                state.closeWaiters.removeAll()
-                state.joinWaiters.removeAll()
-            }
-            return (state.closeWaiters, state.joinWaiters, state.failure)
+            return (state.closeWaiters.removeAll(), state.joinWaiters.removeAll(), state.failure)
         }
         onClosed(self)
         for joiner in joiners { joiner.resume(returning: failure ?? KafkaTransport.closedError) }
@@ -665,10 +620,9 @@ final class KafkaGroupMember: @unchecked Sendable {
                 list.elements[index].offset = starts[position]?.offset ?? courier_rdk_offset_invalid()
             }
         }
-        let (joiners, paused) = state.withLock { state -> ([UnsafeContinuation<CourierError?, Never>], Bool) in
+        let (joiners, paused) = state.withLock { state in
             state.machine.assign(starts)
-            defer { state.joinWaiters.removeAll() }
-            return (state.joinWaiters, state.machine.paused)
+            return (state.joinWaiters.removeAll(), state.machine.paused)
         }
         if isCooperative(rk) {
             if let error = rd_kafka_incremental_assign(rk, list.list) {

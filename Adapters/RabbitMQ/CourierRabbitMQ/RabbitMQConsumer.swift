@@ -26,10 +26,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         var attempt: Int
     }
 
-    private struct Waiter {
-        let id: Int
-        let continuation: UnsafeContinuation<Delivery?, any Error>
-    }
+    private typealias Waiter = Waiters<Delivery?, Void>.Waiter
 
     private struct State {
         var channel: UInt16 = 0
@@ -38,9 +35,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         var connectionGeneration: UInt64 = 0
         var buffer: KeyOrderGate<Delivery>
         var outstanding: [UInt64: Outstanding] = [:]
-        var waiters = Deque<Waiter>()
-        var cancelled = Set<Int>()
-        var nextWaiter = 0
+        var waiters = Waiters<Delivery?, Void>()
         var closed = false
         var failure: CourierError?
         /// Acks not yet handed to the connection's thread, and whether a flush is scheduled:
@@ -55,7 +50,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         mutating func serve() -> [(Waiter, Delivery)] {
             var served: [(Waiter, Delivery)] = []
             while !waiters.isEmpty, let delivery = buffer.next() {
-                served.append((waiters.removeFirst(), delivery))
+                served.append((waiters.popFirst()!, delivery))
             }
             return served
         }
@@ -109,7 +104,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
             state.buffer.append(Delivery(envelope: envelope, attempt: attempt, origin: origin, tag: tag, settler: self))
             return state.serve()
         }
-        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        for (waiter, delivery) in served { waiter.resume(returning: delivery) }
     }
 
     func channelLost(_ error: CourierError, final: Bool) {
@@ -119,50 +114,21 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
             guard final else { return [] }
             state.closed = true
             if error.code != .transportClosed { state.failure = error }
-            defer { state.waiters.removeAll() }
-            return Array(state.waiters)
+            return state.waiters.removeAll()
         }
         let failure = state.withLock { $0.failure }
         for waiter in ended {
-            if let failure { waiter.continuation.resume(throwing: failure) } else { waiter.continuation.resume(returning: nil) }
+            if let failure { waiter.resume(throwing: failure) } else { waiter.resume(returning: nil) }
         }
     }
 
     // MARK: DeliverySource
 
     func next() async throws -> Delivery? {
-        enum Fast { case delivery(Delivery), end, failure(CourierError), wait(Int) }
-        let fast: Fast = state.withLock { state in
-            if let delivery = state.buffer.next() { return .delivery(delivery) }
-            if state.closed { return state.failure.map { .failure($0) } ?? .end }
-            state.nextWaiter += 1
-            return .wait(state.nextWaiter)
-        }
-        let id: Int
-        switch fast {
-        case .delivery(let delivery): return delivery
-        case .end: return nil
-        case .failure(let error): throw error
-        case .wait(let waitID): id = waitID
-        }
-        return try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Delivery?, any Error>) in
-                let immediate: Result<Delivery?, any Error>? = state.withLock { state in
-                    if state.cancelled.remove(id) != nil { return .success(nil) }
-                    if let delivery = state.buffer.next() { return .success(delivery) }
-                    if state.closed { return state.failure.map { .failure($0) } ?? .success(nil) }
-                    state.waiters.append(Waiter(id: id, continuation: continuation))
-                    return nil
-                }
-                if let immediate { continuation.resume(with: immediate) }
-            }
-        } onCancel: {
-            let waiter = state.withLock { state -> Waiter? in
-                if let index = state.waiters.firstIndex(where: { $0.id == id }) { return state.waiters.remove(at: index) }
-                state.cancelled.insert(id)
-                return nil
-            }
-            waiter?.continuation.resume(returning: nil)
+        try await Waiters.wait(in: state, \.waiters, cancelled: .success(nil)) { state in
+            if let delivery = state.buffer.next() { return .success(delivery) }
+            if state.closed { return state.failure.map { .failure($0) } ?? .success(nil) }
+            return nil
         }
     }
 
@@ -172,10 +138,9 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
             state.closed = true
             state.outstanding.removeAll()
             _ = state.buffer.removeAll(forgetInFlight: true)
-            defer { state.waiters.removeAll() }
-            return (Array(state.waiters), state.channel)
+            return (state.waiters.removeAll(), state.channel)
         }
-        for waiter in ended { waiter.continuation.resume(returning: nil) }
+        for waiter in ended { waiter.resume(returning: nil) }
         guard channel != 0 else { return }
         // Closing the channel hands every un-acked delivery back to the broker.
         try? await transport.consumer.perform { connection throws(CourierError) in connection.detach(channel) }
@@ -204,7 +169,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
             state.buffer.release(key: outstanding.envelope.key)
             return (.current(outstanding, channel: state.channel, connectionGeneration: state.connectionGeneration), state.serve())
         }
-        for (waiter, delivery) in served { waiter.continuation.resume(returning: delivery) }
+        for (waiter, delivery) in served { waiter.resume(returning: delivery) }
         guard let settlement else { throw CourierError.alreadySettled(deliveryTag: tag & Self.tagMask) }
         return settlement
     }

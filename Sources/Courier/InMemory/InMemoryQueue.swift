@@ -53,17 +53,14 @@ final class InMemoryQueue: DeliverySettler {
         var inFlight = 0
     }
 
-    private struct ConsumerWaiter {
-        let consumer: Int
-        let id: Int
-        let continuation: UnsafeContinuation<Delivery?, Never>
-    }
+    /// A waiting consumer, tagged with its consumer id.
+    private typealias ConsumerWaiter = Waiters<Delivery?, Int>.Waiter
 
     /// A consumer to resume, outside the lock, with what it waited for.
     private struct Wake {
-        let continuation: UnsafeContinuation<Delivery?, Never>
+        let waiter: ConsumerWaiter
         let delivery: Delivery?
-        func resume() { continuation.resume(returning: delivery) }
+        func resume() { waiter.resume(returning: delivery) }
     }
 
     private struct State {
@@ -75,10 +72,8 @@ final class InMemoryQueue: DeliverySettler {
         var nextTag: UInt64 = 1
         var nextID = 1
         var consumers: [Int: Consumer] = [:]
-        var consumerWaiters = Deque<ConsumerWaiter>()
-        var publisherWaiters: [Int: UnsafeContinuation<Void, any Error>] = [:]
-        /// Waits whose task was cancelled before they registered.
-        var cancelledWaits = Set<Int>()
+        var consumerWaiters = Waiters<Delivery?, Int>()
+        var publisherWaiters = Waiters<Void, Void>()
         var timers: [Int: Task<Void, Never>] = [:]
         var closed = false
 
@@ -105,14 +100,14 @@ final class InMemoryQueue: DeliverySettler {
         /// Hands one available message to the first waiting consumer that may take it.
         mutating func serveOne(queue: InMemoryQueue) -> Wake? {
             guard !consumerWaiters.isEmpty, !waiting.isEmpty else { return nil }
-            for index in consumerWaiters.indices {
-                let waiter = consumerWaiters[index]
-                guard let consumer = consumers[waiter.consumer], consumer.inFlight < consumer.prefetch else { continue }
-                guard let delivery = take(for: waiter.consumer, queue: queue) else { return nil }
-                consumerWaiters.remove(at: index)
-                return Wake(continuation: waiter.continuation, delivery: delivery)
+            let consumers = self.consumers
+            let ready = consumerWaiters.popFirst { consumers[$0].map { $0.inFlight < $0.prefetch } ?? false }
+            guard let waiter = ready else { return nil }
+            guard let delivery = take(for: waiter.tag, queue: queue) else {
+                consumerWaiters.putBack(waiter)
+                return nil
             }
-            return nil
+            return Wake(waiter: waiter, delivery: delivery)
         }
 
         mutating func serveAll(queue: InMemoryQueue) -> [Wake] {
@@ -139,10 +134,9 @@ final class InMemoryQueue: DeliverySettler {
             heldBytes -= message.envelope.payload.count
         }
 
-        mutating func publishersToWake(lowWater: Int, lowWaterBytes: Int) -> [UnsafeContinuation<Void, any Error>] {
+        mutating func publishersToWake(lowWater: Int, lowWaterBytes: Int) -> [Waiters<Void, Void>.Waiter] {
             guard !publisherWaiters.isEmpty, held <= lowWater, heldBytes <= lowWaterBytes else { return [] }
-            defer { publisherWaiters.removeAll() }
-            return Array(publisherWaiters.values)
+            return publisherWaiters.removeAll()
         }
     }
 
@@ -178,25 +172,9 @@ final class InMemoryQueue: DeliverySettler {
     }
 
     private func waitForSpace(size: Int) async throws {
-        let id = state.withLock { $0.makeID() }
-        try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                let immediate: Result<Void, any Error>? = state.withLock { state in
-                    if state.cancelledWaits.remove(id) != nil { return .failure(CancellationError()) }
-                    if state.closed { return .failure(CourierError.transportClosed("waiting for space in \(origin)")) }
-                    if state.hasRoom(for: size, capacity: capacity, byteCapacity: byteCapacity) { return .success(()) }
-                    state.publisherWaiters[id] = continuation
-                    return nil
-                }
-                if let immediate { continuation.resume(with: immediate) }
-            }
-        } onCancel: {
-            let waiter = state.withLock { state -> UnsafeContinuation<Void, any Error>? in
-                if let waiter = state.publisherWaiters.removeValue(forKey: id) { return waiter }
-                state.cancelledWaits.insert(id)
-                return nil
-            }
-            waiter?.resume(throwing: CancellationError())
+        try await Waiters.wait(in: state, \.publisherWaiters, cancelled: .failure(CancellationError())) { state in
+            if state.closed { return .failure(CourierError.transportClosed("waiting for space in \(origin)")) }
+            return state.hasRoom(for: size, capacity: capacity, byteCapacity: byteCapacity) ? .success(()) : nil
         }
     }
 
@@ -212,39 +190,12 @@ final class InMemoryQueue: DeliverySettler {
     }
 
     func next(consumer: Int) async -> Delivery? {
-        enum Fast { case delivery(Delivery), gone, wait(Int) }
-        let fast: Fast = state.withLock { state in
-            guard state.consumers[consumer] != nil else { return .gone }
-            if let delivery = state.take(for: consumer, queue: self) { return .delivery(delivery) }
-            return .wait(state.makeID())
+        // Never throws: nothing here fails, and a cancelled wait ends with nil.
+        let delivery = try? await Waiters.wait(in: state, \.consumerWaiters, tag: consumer, cancelled: .success(nil)) { state in
+            guard state.consumers[consumer] != nil else { return .success(nil) }
+            return state.take(for: consumer, queue: self).map { .success($0) }
         }
-        let waitID: Int
-        switch fast {
-        case .delivery(let delivery): return delivery
-        case .gone: return nil
-        case .wait(let id): waitID = id
-        }
-        return await withTaskCancellationHandler {
-            await withUnsafeContinuation { (continuation: UnsafeContinuation<Delivery?, Never>) in
-                let immediate: Delivery?? = state.withLock { state in
-                    if state.cancelledWaits.remove(waitID) != nil { return .some(nil) }
-                    guard state.consumers[consumer] != nil else { return .some(nil) }
-                    if let delivery = state.take(for: consumer, queue: self) { return .some(delivery) }
-                    state.consumerWaiters.append(ConsumerWaiter(consumer: consumer, id: waitID, continuation: continuation))
-                    return .none
-                }
-                if let immediate { continuation.resume(returning: immediate) }
-            }
-        } onCancel: {
-            let waiter = state.withLock { state -> ConsumerWaiter? in
-                if let index = state.consumerWaiters.firstIndex(where: { $0.id == waitID }) {
-                    return state.consumerWaiters.remove(at: index)
-                }
-                state.cancelledWaits.insert(waitID)
-                return nil
-            }
-            waiter?.continuation.resume(returning: nil)
-        }
+        return delivery ?? nil
     }
 
     /// Removes a consumer: its waits end, and its un-acked messages go back to the front, in
@@ -257,22 +208,17 @@ final class InMemoryQueue: DeliverySettler {
                 state.unacked.removeValue(forKey: tag)
                 state.waiting.returnToFront(inFlight.message)
             }
-            var ended: [ConsumerWaiter] = []
-            state.consumerWaiters.removeAll { waiter in
-                guard waiter.consumer == consumer else { return false }
-                ended.append(waiter)
-                return true
-            }
+            let ended = state.consumerWaiters.removeAll { $0 == consumer }
             return (ended, state.serveAll(queue: self))
         }
-        for waiter in ended { waiter.continuation.resume(returning: nil) }
+        for waiter in ended { waiter.resume(returning: nil) }
         for wake in wakes { wake.resume() }
     }
 
     // MARK: Settling
 
     func ack(tag: UInt64) throws {
-        let (publishers, wakes): ([UnsafeContinuation<Void, any Error>], [Wake]) = try state.withLock { state in
+        let (publishers, wakes): ([Waiters<Void, Void>.Waiter], [Wake]) = try state.withLock { state in
             guard let inFlight = state.unacked.removeValue(forKey: tag) else { throw CourierError.alreadySettled(deliveryTag: tag) }
             state.consumers[inFlight.consumer]?.inFlight -= 1
             state.release(inFlight.message)
@@ -350,7 +296,7 @@ final class InMemoryQueue: DeliverySettler {
             for wake in wakes { wake.resume() }
             throw error
         }
-        let (publishers, wakes): ([UnsafeContinuation<Void, any Error>], [Wake]) = state.withLock { state in
+        let (publishers, wakes): ([Waiters<Void, Void>.Waiter], [Wake]) = state.withLock { state in
             state.release(message)
             state.waiting.release(key: message.envelope.key)
             return (state.publishersToWake(lowWater: lowWater, lowWaterBytes: lowWaterBytes), state.serveAll(queue: self))
@@ -388,14 +334,10 @@ final class InMemoryQueue: DeliverySettler {
         let (consumers, publishers, timers) = state.withLock { state in
             state.closed = true
             state.consumers.removeAll()
-            defer {
-                state.consumerWaiters.removeAll()
-                state.publisherWaiters.removeAll()
-                state.timers.removeAll()
-            }
-            return (Array(state.consumerWaiters), Array(state.publisherWaiters.values), Array(state.timers.values))
+            defer { state.timers.removeAll() }
+            return (state.consumerWaiters.removeAll(), state.publisherWaiters.removeAll(), Array(state.timers.values))
         }
-        for waiter in consumers { waiter.continuation.resume(returning: nil) }
+        for waiter in consumers { waiter.resume(returning: nil) }
         for publisher in publishers { publisher.resume(throwing: CourierError.transportClosed("waiting for space in \(origin)")) }
         for timer in timers { timer.cancel() }
     }
