@@ -116,13 +116,15 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
     /// Waits for a value under `mutex`: `attempt` runs under the lock and gives the value, or
     /// an error, when there is one now (`nil` to wait); otherwise the task waits in
     /// `state[keyPath: waiters]` until someone resumes it. A task cancelled before or while
-    /// waiting ends with `cancelled`. `attempt` runs once more, under the lock, just before
-    /// registering, so nothing that arrives between the two is missed.
+    /// waiting ends with `cancelled`; with `cancelled` `nil` the wait ignores cancellation
+    /// (for a close whose caller frees what the waited-for work still uses). `attempt` runs
+    /// once more, under the lock, just before registering, so nothing that arrives between
+    /// the two is missed.
     public static func wait<State: Sendable>(
         in mutex: borrowing Mutex<State>,
         _ waiters: WritableKeyPath<State, Waiters>,
         tag: Tag,
-        cancelled: Result<Value, any Error>,
+        cancelled: Result<Value, any Error>?,
         attempt: (inout State) -> Result<Value, any Error>?
     ) async throws -> Value {
         // A key path is immutable; the one given is only read.
@@ -136,17 +138,22 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
         case .done(let result): return try result.get()
         case .wait(let waitID): id = waitID
         }
-        return try await withTaskCancellationHandler {
+        func suspend() async throws -> Value {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Value, any Error>) in
                 let immediate: Result<Value, any Error>? = mutex.withLock { state in
                     if let result = attempt(&state) {
                         state[keyPath: waiters].forget(id)
                         return result
                     }
-                    return state[keyPath: waiters].register(id, tag: tag, continuation) ? nil : cancelled
+                    // Only a cancellable wait is ever marked cancelled.
+                    return state[keyPath: waiters].register(id, tag: tag, continuation) ? nil : cancelled!
                 }
                 if let immediate { continuation.resume(with: immediate) }
             }
+        }
+        guard let cancelled else { return try await suspend() }
+        return try await withTaskCancellationHandler {
+            try await suspend()
         } onCancel: {
             mutex.withLock { $0[keyPath: waiters].cancel(id) }?.resume(with: cancelled)
         }
@@ -169,9 +176,43 @@ extension Waiters where Tag == Void {
     public static func wait<State: Sendable>(
         in mutex: borrowing Mutex<State>,
         _ waiters: WritableKeyPath<State, Waiters>,
-        cancelled: Result<Value, any Error>,
+        cancelled: Result<Value, any Error>?,
         attempt: (inout State) -> Result<Value, any Error>?
     ) async throws -> Value {
         try await wait(in: mutex, waiters, tag: (), cancelled: cancelled, attempt: attempt)
+    }
+}
+
+/// A one-time event to wait for, such as a thread having finished: ``open()`` once, and every
+/// ``wait()`` — before or after — returns. Built on ``Waiters``.
+public final class Latch: Sendable {
+    private struct State: Sendable {
+        var isOpen = false
+        var waiters = Waiters<Void, Void>()
+    }
+    private let state = Mutex(State())
+
+    /// A closed latch.
+    public init() {}
+
+    /// Whether ``open()`` was called.
+    public var isOpen: Bool { state.withLock { $0.isOpen } }
+
+    /// Opens the latch and resumes every waiter; `false` when it was open already.
+    @discardableResult
+    public func open() -> Bool {
+        let (opened, waiters) = state.withLock { state -> (Bool, [Waiters<Void, Void>.Waiter]) in
+            guard !state.isOpen else { return (false, []) }
+            state.isOpen = true
+            return (true, state.waiters.removeAll())
+        }
+        for waiter in waiters { waiter.resume() }
+        return opened
+    }
+
+    /// Waits until the latch is open, whether or not the task is cancelled: a close that
+    /// returned early would let its caller free what the finishing work still uses.
+    public func wait() async {
+        _ = try? await Waiters.wait(in: state, \.waiters, cancelled: nil) { state in state.isOpen ? .success(()) : nil }
     }
 }

@@ -53,6 +53,10 @@ public final class MessageBus: Sendable {
         public var tracer: (any Tracer)?
         /// The source of jitter for retry delays, a value in `0..<1`. Replace it in tests.
         public var random: @Sendable () -> Double
+        /// Your own steps around every handler call and before every publish and send, in
+        /// order (the first is outermost on the way in and runs first on the way out). See
+        /// ``BusMiddleware`` for where they sit among the bus's own steps. Default: none.
+        public var middleware: [any BusMiddleware]
 
         /// Creates a configuration; every parameter has the documented default.
         public init(
@@ -64,7 +68,8 @@ public final class MessageBus: Sendable {
             logger: Logger = Logger(label: "courier.bus"),
             metricsFactory: (any MetricsFactory)? = nil,
             tracer: (any Tracer)? = nil,
-            random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
+            random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
+            middleware: [any BusMiddleware] = []
         ) {
             self.source = source
             self.serializer = serializer
@@ -75,6 +80,7 @@ public final class MessageBus: Sendable {
             self.metricsFactory = metricsFactory
             self.tracer = tracer
             self.random = random
+            self.middleware = middleware
         }
     }
 
@@ -149,10 +155,27 @@ public final class MessageBus: Sendable {
             {
                 end += 1
             }
-            let envelopes = try messages[start..<end].map { try envelope(for: $0, causedBy: cause) }
+            var envelopes = try messages[start..<end].map { try envelope(for: $0, causedBy: cause) }
+            if !configuration.middleware.isEmpty {
+                envelopes = try await prepared(envelopes, kind: first.kind, destination: first.destination, type: first.type)
+            }
             try await post(envelopes, kind: first.kind, destination: first.destination, type: first.type)
             start = end
         }
+    }
+
+    /// `envelopes` after every middleware's ``BusMiddleware/prepare(_:)``, in order.
+    private func prepared(_ envelopes: [Envelope], kind: OutgoingMessage.Kind, destination: String, type: String) async throws -> [Envelope] {
+        var result: [Envelope] = []
+        result.reserveCapacity(envelopes.count)
+        for envelope in envelopes {
+            var message = OutboundMessage(
+                envelope: envelope, kind: kind == .event ? .event : .command, destination: destination, messageType: type
+            )
+            for middleware in configuration.middleware { try await middleware.prepare(&message) }
+            result.append(message.envelope)
+        }
+        return result
     }
 
     private func envelope(for message: OutgoingMessage, causedBy cause: MessageContext?) throws -> Envelope {
@@ -486,19 +509,57 @@ public final class HandlerRegistration: Sendable {
     public var failure: (any Error)? { dispatcher.failure }
 }
 
-/// Decoding, de-duplication, retries and settlement of one registration's messages.
+/// One registration's messages: the inbound pipeline (``BusMiddleware`` lists its steps in
+/// order), then the settlement it decided — ack, nack with a delay, dead-letter, or nothing
+/// (shutdown).
 struct Handling<M: IntegrationMessage>: Sendable {
     let bus: MessageBus
     let policy: RetryPolicy
-    let scope: String
-    let deduplication: (any DeduplicationStore)?
     let metrics: HandlerMetrics
     let logger: Logger
-    let handler: @Sendable (M, MessageContext) async throws -> Void
+    let pipeline: HandlingPipeline<M>
     /// `M.messageType`, worked out once (it parses the type's name).
     let messageType = M.messageType
 
-    private var serializer: any MessageSerializer { bus.configuration.serializer }
+    init(
+        bus: MessageBus, policy: RetryPolicy, scope: String, deduplication: (any DeduplicationStore)?, metrics: HandlerMetrics,
+        logger: Logger, handler: @escaping @Sendable (M, MessageContext) async throws -> Void
+    ) {
+        self.bus = bus
+        self.policy = policy
+        self.metrics = metrics
+        self.logger = logger
+        let configuration = bus.configuration
+        var steps: [any HandlingStep<M>] = [
+            DeadLetterStep(policy: policy, metrics: metrics),
+            DelayedRetryStep(policy: policy, random: configuration.random),
+            DecodeStep(serializer: configuration.serializer, metrics: metrics, messageType: M.messageType),
+        ]
+        if let deduplication { steps.append(DeduplicationStep(store: deduplication, scope: scope, metrics: metrics)) }
+        steps += [
+            TracingStep(tracer: bus.tracer, system: bus.transport.capabilities.system),
+            ImmediateRetryStep(retries: policy.immediateRetries, metrics: metrics),
+            MetricsStep(metrics: metrics),
+        ]
+        for (index, middleware) in configuration.middleware.enumerated() { steps.append(MiddlewareStep(middleware: middleware, index: index)) }
+        pipeline = HandlingPipeline(steps: steps) { [bus] state in
+            let context = MessageContext(
+                envelope: state.envelope, attempt: state.delivery.attempt, immediateRetry: state.immediateRetry,
+                origin: state.delivery.origin, logger: state.logger, bus: bus
+            )
+            guard let message = state.message else { return .failed(CourierError(.decodingFailed, "no decoded message"), calls: 1) }
+            do {
+                try await ServiceContext.withValue(state.traceContext ?? ServiceContext.current ?? .topLevel) {
+                    try await MessageContext.$current.withValue(context) {
+                        try await handler(message, context)
+                    }
+                }
+                return .handled
+            } catch {
+                return .failed(error, calls: 1)
+            }
+        }
+    }
 
     /// Handles `delivery`; returns what is left to settle it when it is being dead-lettered
     /// (the copy's publish and confirm), for the dispatcher to finish without holding a slot.
@@ -515,108 +576,18 @@ struct Handling<M: IntegrationMessage>: Sendable {
         logger.handler.metadata = metadata
         metrics.delivered.increment()
 
-        if let type = envelope.type, type != messageType {
-            return deadLettering(
-                delivery, reason: "unknown message type \(type) on \(delivery.origin): this handler takes \(messageType)",
-                errorType: "Courier.UnknownMessageType", errorMessage: "expected \(messageType), got \(type)",
-                counter: metrics.deadLetteredAsUnknown, logger: logger
-            )
-        }
-        if let contentType = envelope.contentType, !Self.sameMediaType(contentType, serializer.contentType) {
-            return deadLettering(
-                delivery, reason: "content type \(contentType) cannot be read: this bus reads \(serializer.contentType)",
-                errorType: "Courier.UnsupportedContentType", errorMessage: "content type \(contentType)",
-                counter: metrics.deadLetteredAsPoison, logger: logger
-            )
-        }
-        let message: M
-        do {
-            message = try serializer.decode(M.self, from: envelope.payload)
-        } catch {
-            let description = Self.describe(error)
-            return deadLettering(
-                delivery, reason: "the payload cannot be decoded as \(messageType): \(description)",
-                errorType: Self.typeName(of: error), errorMessage: description,
-                counter: metrics.deadLetteredAsPoison, logger: logger
-            )
-        }
-        if let deduplication {
-            do {
-                if try await deduplication.wasHandled(envelope.id, scope: scope) {
-                    logger.debug("already handled; acked without calling the handler")
-                    metrics.deduplicated.increment()
-                    await ack(delivery, logger: logger)
-                    return nil
-                }
-            } catch {
-                logger.warning("the deduplication store failed; handling the message anyway", metadata: ["courier-error": "\(error)"])
-            }
-        }
-
-        var traceContext = ServiceContext.topLevel
-        bus.tracer.extract(envelope.headers, into: &traceContext, using: HeadersExtractor())
-        let span = bus.tracer.startSpan("\(delivery.origin.destination) process", context: traceContext, ofKind: .consumer)
-        span.attributes["messaging.system"] = bus.transport.capabilities.system
-        span.attributes["messaging.destination.name"] = delivery.origin.destination
-        if let group = delivery.origin.group { span.attributes["messaging.consumer.group.name"] = group }
-        span.attributes["messaging.operation.type"] = "process"
-        span.attributes["messaging.message.id"] = envelope.id
-        span.attributes["messaging.message.conversation_id"] = envelope.correlationID ?? envelope.id
-        span.attributes["courier.attempt"] = delivery.attempt
-
-        var failure: (any Error)?
-        var calls = 0
-        for retry in 0...policy.immediateRetries {
-            if retry > 0 {
-                metrics.retriedImmediately.increment()
-                logger.debug("retrying at once", metadata: ["courier-immediate-retry": "\(retry)"])
-            }
-            let context = MessageContext(
-                envelope: envelope, attempt: delivery.attempt, immediateRetry: retry, origin: delivery.origin, logger: logger, bus: bus
-            )
-            let start = ContinuousClock.now
-            calls += 1
-            do {
-                try await ServiceContext.withValue(span.context) {
-                    try await MessageContext.$current.withValue(context) {
-                        try await handler(message, context)
-                    }
-                }
-                metrics.succeeded.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
-                failure = nil
-                break
-            } catch {
-                metrics.failed.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
-                failure = error
-                if error is any NonRetriableError || Task.isCancelled { break }
-            }
-        }
-
-        guard let failure else {
-            span.end()
-            if let deduplication {
-                do {
-                    try await deduplication.markHandled(envelope.id, scope: scope)
-                } catch {
-                    logger.warning("the deduplication store failed to record the message", metadata: ["courier-error": "\(error)"])
-                }
-            }
+        var state = HandlingState<M>(delivery: delivery, logger: logger)
+        switch await pipeline.run(&state) {
+        case .handled, .alreadyHandled:
             await ack(delivery, logger: logger)
             return nil
-        }
-        span.recordError(failure)
-        span.setStatus(SpanStatus(code: .error))
-        span.end()
-        if Task.isCancelled {
-            logger.notice("the handler was cancelled at shutdown; its message goes back to the broker", metadata: ["courier-error": "\(failure)"])
+        case .abandoned(let error):
+            logger.notice("the handler was cancelled at shutdown; its message goes back to the broker", metadata: ["courier-error": "\(error)"])
             return nil
-        }
-        let description = Self.describe(failure)
-        if !(failure is any NonRetriableError) && delivery.attempt <= policy.delayedRetries {
-            let delay = policy.delay(beforeDelayedRetry: delivery.attempt, random: bus.configuration.random())
+        case .retryLater(let delay, let error):
             logger.warning(
                 "the handler failed; retrying later",
-                metadata: ["courier-error": "\(description)", "courier-retry-delay": "\(delay)"]
+                metadata: ["courier-error": "\(ErrorText.describe(error))", "courier-retry-delay": "\(delay)"]
             )
             do {
                 try await delivery.nack(delay: delay)
@@ -625,15 +596,20 @@ struct Handling<M: IntegrationMessage>: Sendable {
                 logger.error("could not return the message for a retry", metadata: ["courier-error": "\(error)"])
             }
             return nil
+        case .deadLetter(let reason):
+            return deadLettering(delivery, reason, logger: logger)
+        case .failed(let error, _):
+            // The dead-letter step turns every failure into a decision; kept total regardless.
+            let description = ErrorText.describe(error)
+            return deadLettering(
+                delivery,
+                DeadLetterReason(
+                    reason: "the handler failed: \(description)", errorType: ErrorText.typeName(of: error), errorMessage: description,
+                    counter: metrics.deadLetteredByHandler
+                ),
+                logger: logger
+            )
         }
-        let why =
-            failure is any NonRetriableError
-            ? "the handler failed with a non-retriable error"
-            : "the handler failed \(calls) times on attempt \(delivery.attempt) (of \(policy.delayedRetries + 1))"
-        return deadLettering(
-            delivery, reason: "\(why): \(description)", errorType: Self.typeName(of: failure), errorMessage: description,
-            counter: metrics.deadLetteredByHandler, logger: logger
-        )
     }
 
     private func ack(_ delivery: Delivery, logger: Logger) async {
@@ -646,16 +622,14 @@ struct Handling<M: IntegrationMessage>: Sendable {
     }
 
     /// The settlement that dead-letters `delivery`, for the dispatcher to run.
-    private func deadLettering(
-        _ delivery: Delivery, reason: String, errorType: String, errorMessage: String, counter: Counter, logger: Logger
-    ) -> HandlerDispatcher.Settlement {
+    private func deadLettering(_ delivery: Delivery, _ reason: DeadLetterReason, logger: Logger) -> HandlerDispatcher.Settlement {
         { [policy] in
-            logger.error("dead-lettering the message", metadata: ["courier-reason": "\(reason)"])
+            logger.error("dead-lettering the message", metadata: ["courier-reason": "\(reason.reason)"])
             do {
                 try await delivery.deadLetter(
-                    reason: reason, headers: [CourierHeader.errorType: errorType, CourierHeader.errorMessage: errorMessage]
+                    reason: reason.reason, headers: [CourierHeader.errorType: reason.errorType, CourierHeader.errorMessage: reason.errorMessage]
                 )
-                counter.increment()
+                reason.counter.increment()
             } catch {
                 // The message stays with the broker; bring it back later rather than lose it.
                 logger.error("could not dead-letter the message; it will be delivered again", metadata: ["courier-error": "\(error)"])
@@ -663,32 +637,4 @@ struct Handling<M: IntegrationMessage>: Sendable {
             }
         }
     }
-
-    /// The error's type name, module-qualified (`Swift.DecodingError`); `String(reflecting:)`
-    /// of a metatype goes through the runtime's demangler, so names are cached per type.
-    static func typeName(of error: any Error) -> String {
-        let type = Swift.type(of: error)
-        let id = ObjectIdentifier(type)
-        if let name = errorTypeNames.withLock({ $0[id] }) { return name }
-        let name = String(reflecting: type)
-        errorTypeNames.withLock { $0[id] = name }
-        return name
-    }
-
-    /// An error's description, bounded to 1,000 characters for a header.
-    static func describe(_ error: any Error) -> String {
-        let text = String(describing: error)
-        return text.count > 1000 ? String(text.prefix(1000)) + "…" : text
-    }
-
-    static func sameMediaType(_ a: String, _ b: String) -> Bool {
-        if a == b { return true }  // the usual case, without splitting and lowercasing
-        func base(_ s: String) -> Substring {
-            s.split(separator: ";", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces)[...] } ?? ""
-        }
-        return base(a).lowercased() == base(b).lowercased()
-    }
 }
-
-/// Module-qualified names of error types, by type (see `Handling.typeName(of:)`).
-private let errorTypeNames = Mutex<[ObjectIdentifier: String]>([:])

@@ -15,7 +15,8 @@ final class KafkaProducer: @unchecked Sendable {
     private let topics = Mutex<[String: OpaquePointer]>([:])
     private let known = Mutex<Set<String>>([])
     private let stopping = Atomic<Bool>(false)
-    private let finished = Mutex<(done: Bool, waiters: [UnsafeContinuation<Void, Never>])>((false, []))
+    /// Open once the poll thread has stopped.
+    private let finished = Latch()
 
     init(settings: KafkaSettings, logger: Logger) throws(CourierError) {
         self.settings = settings
@@ -49,12 +50,7 @@ final class KafkaProducer: @unchecked Sendable {
         while !stopping.load(ordering: .acquiring) {
             rd_kafka_poll(rk, 50)
         }
-        let waiters = finished.withLock { state in
-            state.done = true
-            defer { state.waiters.removeAll() }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
+        finished.open()
     }
 
     /// The cached topic handle for `topic`.
@@ -231,13 +227,7 @@ final class KafkaProducer: @unchecked Sendable {
             _ = rd_kafka_flush(rk.raw, 1000)
         }
         guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let done = finished.withLock { state in
-                if !state.done { state.waiters.append(continuation) }
-                return state.done
-            }
-            if done { continuation.resume() }
-        }
+        await finished.wait()
         let handles = topics.withLock { topics in
             defer { topics.removeAll() }
             return topics.values.map { SendableHandle(raw: $0) }

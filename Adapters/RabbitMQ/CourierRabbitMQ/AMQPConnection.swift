@@ -53,7 +53,8 @@ final class AMQPConnection: @unchecked Sendable {
     private let wakeFD: Int32
     private let sleeping = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
-    private let finished = Mutex<[CheckedContinuation<Void, Never>]?>([])
+    /// Open once the thread has finished.
+    private let finished = Latch()
 
     // Thread-confined.
     private var state: amqp_connection_state_t?
@@ -118,27 +119,16 @@ final class AMQPConnection: @unchecked Sendable {
     }
 
     private func waitUntilFinished() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = finished.withLock { waiters -> Bool in
-                guard waiters != nil else { return true }
-                waiters!.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
-        }
+        await finished.wait()
     }
 
     private func finish() {
-        let waiters = finished.withLock { waiters in
-            defer { waiters = nil }
-            return waiters ?? []
-        }
+        finished.open()
         // A command submitted while the thread was ending still runs (and fails) here.
         failCommands()
-        for waiter in waiters { waiter.resume() }
     }
 
-    private var isFinished: Bool { finished.withLock { $0 == nil } }
+    private var isFinished: Bool { finished.isOpen }
 
     var isStopping: Bool { stopping.load(ordering: .acquiring) }
 

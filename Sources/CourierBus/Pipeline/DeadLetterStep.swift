@@ -1,0 +1,27 @@
+import Courier
+
+/// Dead-letter: a failure that no step before has turned into a retry — a
+/// ``NonRetriableError``, or the last attempt — goes to the dead-letter queue with the error's
+/// type and text in its headers.
+struct DeadLetterStep<Message: IntegrationMessage>: HandlingStep {
+    let policy: RetryPolicy
+    let metrics: HandlerMetrics
+
+    var name: String { "dead-letter" }
+
+    func run(_ state: inout HandlingState<Message>, next: (inout HandlingState<Message>) async -> Outcome) async -> Outcome {
+        let outcome = await next(&state)
+        guard case .failed(let failure, let calls) = outcome else { return outcome }
+        let description = ErrorText.describe(failure)
+        let why =
+            failure is any NonRetriableError
+            ? "the handler failed with a non-retriable error"
+            : "the handler failed \(calls) times on attempt \(state.delivery.attempt) (of \(policy.delayedRetries + 1))"
+        return .deadLetter(
+            DeadLetterReason(
+                reason: "\(why): \(description)", errorType: ErrorText.typeName(of: failure), errorMessage: description,
+                counter: metrics.deadLetteredByHandler
+            )
+        )
+    }
+}
