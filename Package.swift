@@ -139,6 +139,11 @@ let package = Package(
             swiftSettings: strictness
         ),
         .testTarget(
+            name: "CourierRabbitMQTests",
+            dependencies: ["Courier", "CourierRabbitMQ"],
+            swiftSettings: strictness
+        ),
+        .testTarget(
             name: "CourierKafkaTests",
             dependencies: ["Courier", "CourierKafka", "Crdkafka"],
             swiftSettings: strictness

@@ -57,16 +57,16 @@ final class AMQPConnection: @unchecked Sendable {
     private let finished = Latch()
 
     // Thread-confined.
-    private var state: amqp_connection_state_t?
-    private(set) var generation: UInt64 = 0
+    /// Connected or not (and the librabbitmq handle only while it exists), the reconnect
+    /// backoff, the publishes waiting for confirms, the declarations made.
+    private var machine = AMQPConnectionStateMachine<amqp_connection_state_t, PendingPublish>()
+    private var state: amqp_connection_state_t? { machine.handle }
+    /// Counts the connections made; deliveries and acks of an older one are void.
+    var generation: UInt64 { machine.generation }
     private var owners: [UInt16: any AMQPChannelOwner] = [:]
     private var assembling: [UInt16: Assembly] = [:]
     private var ackTrackers: [UInt16: AckTracker] = [:]
     private var nextChannel: UInt16 = 1
-    private var declared = Set<String>()
-    private var publishTag: UInt64 = 0
-    private var unconfirmed = Deque<Unconfirmed>()
-    private var publisherReady = false
 
     /// The publishing channel; consumer channels are numbered from 2.
     static let publishChannel: UInt16 = 1
@@ -97,6 +97,7 @@ final class AMQPConnection: @unchecked Sendable {
                     try self.connect()
                 } catch {
                     continuation.resume(throwing: error)
+                    if let handle = self.machine.finish().handle { amqp_destroy_connection(handle) }
                     self.finish()
                     return
                 }
@@ -186,6 +187,7 @@ final class AMQPConnection: @unchecked Sendable {
                 failure = nil
             }
         }
+        machine.stop()
         // Drain: commands submitted before stop still run (acks, closes), then close.
         if state != nil && failure == nil {
             try? runCommands()
@@ -197,10 +199,12 @@ final class AMQPConnection: @unchecked Sendable {
         let closed = CourierError(.transportClosed, "the RabbitMQ connection \(label) was closed")
         for (_, owner) in owners { owner.channelLost(closed, final: true) }
         owners.removeAll()
-        failUnconfirmed(closed)
+        let (handle, unconfirmed) = machine.finish()
+        for entry in unconfirmed {
+            entry.sink.fail(CourierError(.notConfirmed, "\(closed.message) before message \(entry.message.id) was confirmed; publish it again (same id) if it must arrive", isRetriable: true))
+        }
         failCommands()
-        if let state { amqp_destroy_connection(state) }
-        state = nil
+        if let handle { amqp_destroy_connection(handle) }
         finish()
     }
 
@@ -408,9 +412,8 @@ final class AMQPConnection: @unchecked Sendable {
         guard login.reply_type == AMQP_RESPONSE_NORMAL else {
             throw Self.loginError(login, settings: settings)
         }
-        self.state = state
+        machine.connected(state)
         ok = true
-        generation += 1
         try openPublisher()
     }
 
@@ -420,17 +423,13 @@ final class AMQPConnection: @unchecked Sendable {
         try check(amqp_get_rpc_reply(state), "opening the publishing channel")
         _ = amqp_confirm_select(state, Self.publishChannel)
         try check(amqp_get_rpc_reply(state), "enabling publisher confirms")
-        publishTag = 0
-        publisherReady = true
+        machine.publisherOpened()
     }
 
     /// Called when the connection is found broken: consumers learn their deliveries are void.
     private func connectionLost(_ error: CourierError) {
         if !isStopping { logger.warning("lost the connection to RabbitMQ; reconnecting", metadata: ["courier-error": "\(error.message)"]) }
-        if let state { amqp_destroy_connection(state) }
-        state = nil
-        publisherReady = false
-        declared.removeAll()
+        if let handle = machine.lost() { amqp_destroy_connection(handle) }
         assembling.removeAll()
         ackTrackers.removeAll()
         for (_, owner) in owners { owner.channelLost(error, final: false) }
@@ -439,7 +438,6 @@ final class AMQPConnection: @unchecked Sendable {
     /// Reconnects with exponential backoff and jitter until it succeeds or the transport stops;
     /// then re-opens consumers and republishes unconfirmed messages.
     private func reconnect() -> Bool {
-        var delay = 0.1
         var attempts = 0
         while !isStopping {
             attempts += 1
@@ -457,23 +455,21 @@ final class AMQPConnection: @unchecked Sendable {
                 }
                 logger.notice(
                     "reconnected to RabbitMQ",
-                    metadata: ["amqp-attempts": "\(attempts)", "amqp-unconfirmed-republished": "\(unconfirmed.count)"]
+                    metadata: ["amqp-attempts": "\(attempts)", "amqp-unconfirmed-republished": "\(machine.unconfirmedCount)"]
                 )
                 republishUnconfirmed()
                 return true
             } catch {
                 logger.debug("reconnecting failed; trying again", metadata: ["courier-error": "\(error.message)", "amqp-attempt": "\(attempts)"])
-                if let state { amqp_destroy_connection(state) }
-                state = nil
+                let (handle, delay) = machine.reconnectFailed(random: Double.random(in: 0...1))
+                if let handle { amqp_destroy_connection(handle) }
                 expireConfirms()
-                let jittered = delay * Double.random(in: 0.5...1.0)
-                let deadline = Date().addingTimeInterval(jittered)
-                while Date() < deadline && !isStopping {
-                    Thread.sleep(forTimeInterval: min(0.05, jittered))
+                let deadline = ContinuousClock.now + delay
+                while ContinuousClock.now < deadline && !isStopping {
+                    Thread.sleep(forTimeInterval: min(0.05, Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18))
                     // Commands keep failing fast while disconnected rather than piling up.
                     try? runCommands()
                 }
-                delay = min(delay * 2, 5)
             }
         }
         return false
@@ -533,6 +529,7 @@ final class AMQPConnection: @unchecked Sendable {
         let error = CourierError(.brokerRejected, "RabbitMQ closed channel \(channel): \(code) \(text)")
         if channel == Self.publishChannel {
             // Unconfirmed messages of the closed channel are republished on the new one.
+            machine.publisherClosed()
             try openPublisher()
             republishUnconfirmed()
             return
@@ -550,7 +547,7 @@ final class AMQPConnection: @unchecked Sendable {
         if channelIsOpen { closeChannel(channel) }
         owner.channelLost(CourierError(.brokerRejected, reason), final: false)
         // The queue may be gone (a cancel follows its deletion): declare everything again.
-        declared.removeAll()
+        machine.forgetDeclarations()
         let fresh = allocateChannel()
         do throws(CourierError) {
             try openChannel(fresh)
@@ -614,9 +611,9 @@ final class AMQPConnection: @unchecked Sendable {
     /// Runs `declare` once per connection for `key` (declarations are idempotent on the broker;
     /// the cache only saves round trips).
     func declareOnce(_ key: String, channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void) throws(CourierError) {
-        guard !declared.contains(key) else { return }
+        guard machine.needsDeclaration(key) else { return }
         try declareNow(channel: channel, declare)
-        declared.insert(key)
+        machine.declared(key)
     }
 
     func declareNow(channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void) throws(CourierError) {
@@ -628,6 +625,7 @@ final class AMQPConnection: @unchecked Sendable {
             if channel == Self.publishChannel {
                 var ok = amqp_channel_close_ok_t(dummy: 0)
                 _ = amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+                machine.publisherClosed()
                 try openPublisher()
                 republishUnconfirmed()
             }
@@ -723,16 +721,22 @@ final class AMQPConnection: @unchecked Sendable {
             sink.fail(CourierError(.transportClosed, "publishing message \(message.id): the transport was shut down before it was confirmed; publish it again on a new transport"))
             return
         }
-        guard let state, publisherReady else {
-            // Disconnected: keep it; it goes out after the reconnect.
-            unconfirmed.append(Unconfirmed(tag: 0, message: message, sink: sink))
+        let pending = PendingPublish(message: message, sink: sink)
+        let state: amqp_connection_state_t
+        switch machine.publish(pending) {
+        case .refuse:
+            sink.fail(CourierError(.transportClosed, "publishing message \(message.id): the transport was shut down before it was confirmed; publish it again on a new transport"))
             return
+        case .held:
+            return  // disconnected: it goes out after the reconnect
+        case .send(let handle):
+            state = handle
         }
         do throws(CourierError) {
             try message.declare?(self)
         } catch where error.code == .unreachable {
             connectionBroke(error)
-            unconfirmed.append(Unconfirmed(tag: 0, message: message, sink: sink))
+            machine.hold(pending)
             return
         } catch {
             sink.fail(error)
@@ -741,62 +745,42 @@ final class AMQPConnection: @unchecked Sendable {
         let status = message.send(state, Self.publishChannel)
         guard status == AMQP_STATUS_OK.rawValue else {
             connectionBroke(lost(status))
-            unconfirmed.append(Unconfirmed(tag: 0, message: message, sink: sink))
+            machine.hold(pending)
             return
         }
-        publishTag += 1
-        unconfirmed.append(Unconfirmed(tag: publishTag, message: message, sink: sink))
+        machine.sent(pending)
     }
 
-    private struct Unconfirmed {
-        var tag: UInt64
+    /// A publish and the sink of its call, waiting for the broker's confirm.
+    struct PendingPublish: AMQPPendingPublish {
         var message: OutgoingMessage
         var sink: ConfirmSink
+        var deadline: ContinuousClock.Instant { sink.deadline }
+        var isSettled: Bool { sink.failed }
     }
 
     private func confirm(upTo tag: UInt64, multiple: Bool, ok: Bool) {
-        func settle(_ entry: Unconfirmed) {
+        for entry in machine.confirm(upTo: tag, multiple: multiple) {
             if ok {
                 entry.sink.confirmed()
             } else {
                 entry.sink.fail(CourierError(.notConfirmed, "RabbitMQ refused message \(entry.message.id) (basic.nack); publish it again", isRetriable: true))
             }
         }
-        if multiple {
-            while let first = unconfirmed.first, first.tag != 0, first.tag <= tag {
-                settle(unconfirmed.removeFirst())
-            }
-        } else if let index = unconfirmed.firstIndex(where: { $0.tag == tag }) {
-            settle(unconfirmed.remove(at: index))
-        }
     }
 
     private func republishUnconfirmed() {
-        guard publisherReady else { return }
-        let pending = unconfirmed
-        unconfirmed.removeAll()
-        for entry in pending where !entry.sink.failed {
-            publish(entry.message, sink: entry.sink)
-        }
+        for entry in machine.republishable() { publish(entry.message, sink: entry.sink) }
     }
 
     private func expireConfirms() {
-        guard let first = unconfirmed.first, first.sink.deadline < .now else { return }
-        let now = ContinuousClock.now
-        unconfirmed.removeAll { entry in
-            guard entry.sink.deadline < now else { return entry.sink.failed }
+        for entry in machine.expire(now: .now) {
             entry.sink.fail(CourierError(
                 .notConfirmed,
                 "RabbitMQ did not confirm message \(entry.message.id) within \(confirmTimeout); it may or may not be stored: publish it again (same id) if it must arrive",
                 isRetriable: true
             ))
-            return true
         }
-    }
-
-    private func failUnconfirmed(_ error: CourierError) {
-        for entry in unconfirmed { entry.sink.fail(CourierError(.notConfirmed, "\(error.message) before message \(entry.message.id) was confirmed; publish it again (same id) if it must arrive", isRetriable: true)) }
-        unconfirmed.removeAll()
     }
 }
 
