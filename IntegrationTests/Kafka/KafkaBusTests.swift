@@ -4,25 +4,25 @@ import CourierKafka
 import Testing
 
 extension BrokerIntegration.KafkaIntegration {
-/// The bus scenarios on Kafka (the mock cluster, or `COURIER_KAFKA_BROKERS`).
-@Suite("Bus conformance: KafkaTransport")
-struct KafkaBusTests {
-    static let bus = BusConformance { try await KafkaBroker.connect() }
+    /// The bus scenarios on Kafka (the mock cluster, or `COURIER_KAFKA_BROKERS`).
+    @Suite("Bus conformance: KafkaTransport")
+    struct KafkaBusTests {
+        static let bus = BusConformance { try await KafkaBroker.connect() }
 
-    @Test("bus scenario", arguments: BusScenario.allCases)
-    func scenario(_ scenario: BusScenario) async throws {
-        let (line, failure) = try await Self.bus.outcome(of: scenario)
-        print("[bus kafka] \(line)")
-        if let failure { Issue.record("\(failure)") }
-    }
+        @Test("bus scenario", arguments: BusScenario.allCases)
+        func scenario(_ scenario: BusScenario) async throws {
+            let (line, failure) = try await Self.bus.outcome(of: scenario)
+            print("[bus kafka] \(line)")
+            if let failure { Issue.record("\(failure)") }
+        }
 
-    /// With retry topics, a group's dead letters go back to that group alone.
-    @Test func deadLettersReplayToOneGroupWithRetryTopics() async throws {
-        let bus = BusConformance { try await KafkaBroker.connect("retry_topics=true") }
-        let (line, failure) = try await bus.outcome(of: .deadLetterReplay)
-        print("[bus kafka retry_topics] \(line)")
-        if let failure { Issue.record("\(failure)") }
-        #expect(line.contains("replayed to that group alone"), "\(line)")
+        /// With retry topics, a group's dead letters go back to that group alone.
+        @Test func deadLettersReplayToOneGroupWithRetryTopics() async throws {
+            let bus = BusConformance { try await KafkaBroker.connect("retry_topics=true") }
+            let (line, failure) = try await bus.outcome(of: .deadLetterReplay)
+            print("[bus kafka retry_topics] \(line)")
+            if let failure { Issue.record("\(failure)") }
+            #expect(line.contains("replayed to that group alone"), "\(line)")
+        }
     }
-}
 }

@@ -27,7 +27,8 @@ extension BrokerIntegration {
             defer { copies.forEach { free($0) } }
             let flags: [Int32] = [
                 AMQP_BASIC_CONTENT_TYPE_FLAG, AMQP_BASIC_CONTENT_ENCODING_FLAG, AMQP_BASIC_MESSAGE_ID_FLAG, AMQP_BASIC_CORRELATION_ID_FLAG,
-                AMQP_BASIC_TYPE_FLAG, AMQP_BASIC_APP_ID_FLAG, AMQP_BASIC_REPLY_TO_FLAG, AMQP_BASIC_EXPIRATION_FLAG, AMQP_BASIC_TIMESTAMP_FLAG,
+                AMQP_BASIC_TYPE_FLAG, AMQP_BASIC_APP_ID_FLAG, AMQP_BASIC_REPLY_TO_FLAG, AMQP_BASIC_EXPIRATION_FLAG,
+                AMQP_BASIC_TIMESTAMP_FLAG,
                 AMQP_BASIC_DELIVERY_MODE_FLAG,
             ]
             properties._flags = flags.reduce(amqp_flags_t(0)) { $0 | amqp_flags_t($1) }
@@ -43,7 +44,8 @@ extension BrokerIntegration {
             properties.delivery_mode = 2
             let status = queue.withCString { routingKey in
                 body.withCString { text in
-                    amqp_basic_publish(state, 1, amqp_empty_bytes, amqp_cstring_bytes(routingKey), 0, 0, &properties, amqp_cstring_bytes(text))
+                    amqp_basic_publish(
+                        state, 1, amqp_empty_bytes, amqp_cstring_bytes(routingKey), 0, 0, &properties, amqp_cstring_bytes(text))
                 }
             }
             try #require(status == AMQP_STATUS_OK.rawValue)

@@ -63,7 +63,8 @@ public enum RFC3339 {
     private static func fastDate(utf8 bytes: UnsafeRawBufferPointer) -> Date? {
         do {
             guard bytes.count == 24, bytes[4] == UInt8(ascii: "-"), bytes[7] == UInt8(ascii: "-"), bytes[10] == UInt8(ascii: "T"),
-                bytes[13] == UInt8(ascii: ":"), bytes[16] == UInt8(ascii: ":"), bytes[19] == UInt8(ascii: "."), bytes[23] == UInt8(ascii: "Z")
+                bytes[13] == UInt8(ascii: ":"), bytes[16] == UInt8(ascii: ":"), bytes[19] == UInt8(ascii: "."),
+                bytes[23] == UInt8(ascii: "Z")
             else { return nil }
             var valid = true
             func number(_ from: Int, _ count: Int) -> Int {

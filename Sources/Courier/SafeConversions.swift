@@ -25,10 +25,15 @@ extension Duration {
 extension Int64 {
     /// `value` rounded, clamped to `Int64`'s range; NaN becomes 0.
     package init(clamping value: Double) {
-        if value.isNaN { self = 0 }
-        else if value >= 9.223_372_036_854_775e18 { self = .max }
-        else if value <= -9.223_372_036_854_775e18 { self = .min }
-        else { self = Int64(value.rounded()) }
+        if value.isNaN {
+            self = 0
+        } else if value >= 9.223_372_036_854_775e18 {
+            self = .max
+        } else if value <= -9.223_372_036_854_775e18 {
+            self = .min
+        } else {
+            self = Int64(value.rounded())
+        }
     }
 }
 

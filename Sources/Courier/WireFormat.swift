@@ -115,7 +115,8 @@ public enum WireFormat {
     ) -> (envelope: Envelope, attempt: Int) {
         var decoded = Received()
         for (name, value) in received { decoded.add(name, value) }
-        return decoded.envelope(payload: payload, fallbackID: fallbackID, fallbackTime: fallbackTime, fallbackKey: fallbackKey, ignoring: ignoring)
+        return decoded.envelope(
+            payload: payload, fallbackID: fallbackID, fallbackTime: fallbackTime, fallbackKey: fallbackKey, ignoring: ignoring)
     }
 
     /// `envelope` as a dead letter: the same id and payload, with reason, origin, attempts and

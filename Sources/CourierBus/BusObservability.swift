@@ -1,5 +1,5 @@
-import Courier
 import CoreMetrics
+import Courier
 import Metrics
 import Tracing
 

@@ -165,7 +165,8 @@ public final class MessageBus: Sendable {
     }
 
     /// `envelopes` after every middleware's ``BusMiddleware/prepare(_:)``, in order.
-    private func prepared(_ envelopes: [Envelope], kind: OutgoingMessage.Kind, destination: String, type: String) async throws -> [Envelope] {
+    private func prepared(_ envelopes: [Envelope], kind: OutgoingMessage.Kind, destination: String, type: String) async throws -> [Envelope]
+    {
         var result: [Envelope] = []
         result.reserveCapacity(envelopes.count)
         for envelope in envelopes {
@@ -339,14 +340,17 @@ public final class MessageBus: Sendable {
             policy: policy,
             scope: subscription.origin.group.map { "\(subscription.origin.destination)/\($0)" } ?? subscription.origin.destination,
             deduplication: options.deduplicate ? configuration.deduplication : nil,
-            metrics: HandlerMetrics(destination: subscription.origin.destination, group: group, type: M.messageType, factory: metricsFactory),
+            metrics: HandlerMetrics(
+                destination: subscription.origin.destination, group: group, type: M.messageType, factory: metricsFactory),
             logger: logger,
             handler: handler
         )
         let dispatcher = HandlerDispatcher(subscription: subscription, concurrency: options.concurrency, logger: logger) { delivery in
             await handling.process(delivery)
         }
-        let registration = HandlerRegistration(origin: subscription.origin, dispatcher: dispatcher, deadline: configuration.shutdownDeadline) { [weak self] registration in
+        let registration = HandlerRegistration(
+            origin: subscription.origin, dispatcher: dispatcher, deadline: configuration.shutdownDeadline
+        ) { [weak self] registration in
             self?.state.withLock { state in
                 state.registrations[ObjectIdentifier(registration)] = nil
                 if group == nil { state.commandHandlers.remove(M.messageType) }
@@ -462,7 +466,8 @@ public struct HandlerOptions: Sendable {
             throw CourierError(.invalidConfiguration, "handler concurrency is \(concurrency); it must be at least 1")
         }
         if let prefetch, prefetch < concurrency {
-            throw CourierError(.invalidConfiguration, "prefetch \(prefetch) is below the handler concurrency \(concurrency); it must be at least that")
+            throw CourierError(
+                .invalidConfiguration, "prefetch \(prefetch) is below the handler concurrency \(concurrency); it must be at least that")
         }
     }
 }
@@ -477,7 +482,9 @@ public final class HandlerRegistration: Sendable {
     private let onStop: @Sendable (HandlerRegistration) -> Void
     private let stopped = Mutex<Task<Void, Never>?>(nil)
 
-    init(origin: DeliveryOrigin, dispatcher: HandlerDispatcher, deadline: Duration, onStop: @escaping @Sendable (HandlerRegistration) -> Void) {
+    init(
+        origin: DeliveryOrigin, dispatcher: HandlerDispatcher, deadline: Duration, onStop: @escaping @Sendable (HandlerRegistration) -> Void
+    ) {
         self.origin = origin
         self.dispatcher = dispatcher
         self.deadline = deadline
@@ -541,7 +548,9 @@ struct Handling<M: IntegrationMessage>: Sendable {
             ImmediateRetryStep(retries: policy.immediateRetries, metrics: metrics),
             MetricsStep(metrics: metrics),
         ]
-        for (index, middleware) in configuration.middleware.enumerated() { steps.append(MiddlewareStep(middleware: middleware, index: index)) }
+        for (index, middleware) in configuration.middleware.enumerated() {
+            steps.append(MiddlewareStep(middleware: middleware, index: index))
+        }
         pipeline = HandlingPipeline(steps: steps) { [bus] state in
             let context = MessageContext(
                 envelope: state.envelope, attempt: state.delivery.attempt, immediateRetry: state.immediateRetry,
@@ -582,7 +591,8 @@ struct Handling<M: IntegrationMessage>: Sendable {
             await ack(delivery, logger: logger)
             return nil
         case .abandoned(let error):
-            logger.notice("the handler was cancelled at shutdown; its message goes back to the broker", metadata: ["courier-error": "\(error)"])
+            logger.notice(
+                "the handler was cancelled at shutdown; its message goes back to the broker", metadata: ["courier-error": "\(error)"])
             return nil
         case .retryLater(let delay, let error):
             logger.warning(
@@ -627,7 +637,8 @@ struct Handling<M: IntegrationMessage>: Sendable {
             logger.error("dead-lettering the message", metadata: ["courier-reason": "\(reason.reason)"])
             do {
                 try await delivery.deadLetter(
-                    reason: reason.reason, headers: [CourierHeader.errorType: reason.errorType, CourierHeader.errorMessage: reason.errorMessage]
+                    reason: reason.reason,
+                    headers: [CourierHeader.errorType: reason.errorType, CourierHeader.errorMessage: reason.errorMessage]
                 )
                 reason.counter.increment()
             } catch {

@@ -51,13 +51,18 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Competing consumers in one group.")
     var consumers: Int = 1
 
-    @Option(name: .customLong("prefetch"), help: "Un-acked deliveries per consumer (default 256; with --bus, the bus's default: concurrency + 32).")
+    @Option(
+        name: .customLong("prefetch"),
+        help: "Un-acked deliveries per consumer (default 256; with --bus, the bus's default: concurrency + 32).")
     var prefetchOption: Int?
 
     /// `--prefetch`, default 256.
     var prefetch: Int { prefetchOption ?? 256 }
 
-    @Option(help: "on: each publisher waits for the confirm of its publish before the next; off: publishers do not wait, keeping up to --in-flight publishes outstanding.")
+    @Option(
+        help:
+            "on: each publisher waits for the confirm of its publish before the next; off: publishers do not wait, keeping up to --in-flight publishes outstanding."
+    )
     var confirm: ConfirmMode = .on
 
     @Option(help: "With --confirm off: publishes outstanding per publisher.")
@@ -70,19 +75,28 @@ struct Bench: AsyncParsableCommand {
         case on, off
     }
 
-    @Flag(help: "Run two phases on a command queue instead: publish everything (confirmed), then consume everything (acking each). For comparisons with the raw C clients.")
+    @Flag(
+        help:
+            "Run two phases on a command queue instead: publish everything (confirmed), then consume everything (acking each). For comparisons with the raw C clients."
+    )
     var phases = false
 
     @Flag(help: "Measure the bus instead: a MessageBus handler with default options drains --messages commands (decode, handle, ack).")
     var bus = false
 
-    @Option(help: "With --bus: the percentage of messages that are invalid JSON (dead-lettered by the bus); the run is measured clean and poisoned, and the ratio printed.")
+    @Option(
+        help:
+            "With --bus: the percentage of messages that are invalid JSON (dead-lettered by the bus); the run is measured clean and poisoned, and the ratio printed."
+    )
     var poison: Double?
 
     @Option(help: "With --phases: messages per send call; publishers × batch messages are in flight.")
     var batch: Int = 100
 
-    @Option(help: "The topic (or with --phases the queue) to use; a fresh name by default. Name a prepared one, e.g. a Kafka topic with many partitions.")
+    @Option(
+        help:
+            "The topic (or with --phases the queue) to use; a fresh name by default. Name a prepared one, e.g. a Kafka topic with many partitions."
+    )
     var destination: String?
 
     func validate() throws {
@@ -98,10 +112,14 @@ struct Bench: AsyncParsableCommand {
         try NumericOptions.seconds(duration, "--duration")
         try NumericOptions.rate(rate, "--rate")
         if phases && (duration != nil || rate != nil) { throw ValidationError("--phases takes --messages, not --duration or --rate") }
-        if bus && (phases || duration != nil || rate != nil) { throw ValidationError("--bus takes --messages and --poison, not --phases, --duration or --rate") }
+        if bus && (phases || duration != nil || rate != nil) {
+            throw ValidationError("--bus takes --messages and --poison, not --phases, --duration or --rate")
+        }
         if let poison {
             guard bus else { throw ValidationError("--poison goes with --bus") }
-            guard poison.isFinite, poison > 0, poison <= 50 else { throw ValidationError("--poison is \(poison); it must be a percentage above 0 and at most 50") }
+            guard poison.isFinite, poison > 0, poison <= 50 else {
+                throw ValidationError("--poison is \(poison); it must be a percentage above 0 and at most 50")
+            }
         }
     }
 
@@ -233,7 +251,9 @@ struct Bench: AsyncParsableCommand {
             let rate = Double(acked.value - last.0) / (now - last.1).seconds
             last = (acked.value, now)
             let p99 = latencies.summary().p99
-            let line = String(format: "%7.1f s  %10d published  %10d acked  %9.0f msg/s  p99 %@", (now - start).seconds, published.value, acked.value, rate, LatencySummary.format(p99))
+            let line = String(
+                format: "%7.1f s  %10d published  %10d acked  %9.0f msg/s  p99 %@", (now - start).seconds, published.value, acked.value,
+                rate, LatencySummary.format(p99))
             FileHandle.standardError.write(Data((terminal ? "\r" + line : line + "\n").utf8))
         }
         if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
@@ -242,7 +262,8 @@ struct Bench: AsyncParsableCommand {
 
 /// End-to-end latencies from concurrent consumers, in an HdrHistogram (1 µs to 1 h, 3 digits).
 final class LatencyRecorder: Sendable {
-    private let histogram = Mutex(Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three))
+    private let histogram = Mutex(
+        Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three))
 
     func record(nanoseconds: UInt64) {
         let microseconds = max(1, min(nanoseconds / 1000, 3_600_000_000))
@@ -269,7 +290,8 @@ struct LatencySummary: Codable {
     var p50: UInt64, p90: UInt64, p99: UInt64, p999: UInt64, max: UInt64
 
     static func format(_ microseconds: UInt64) -> String {
-        microseconds >= 10_000 ? String(format: "%.1f ms", Double(microseconds) / 1000) : String(format: "%.3f ms", Double(microseconds) / 1000)
+        microseconds >= 10_000
+            ? String(format: "%.1f ms", Double(microseconds) / 1000) : String(format: "%.3f ms", Double(microseconds) / 1000)
     }
 
     var text: String {
@@ -387,9 +409,12 @@ extension Bench {
         let perSecond = (Double(total) / publishSeconds, Double(total) / consumeSeconds)
         let cpu = (publishCPU / Double(total) * 1e6, consumeCPU / Double(total) * 1e6)
         if json {
-            print(#"{"messages":\#(total),"size":\#(size),"publishPerSecond":\#(Int(perSecond.0)),"consumePerSecond":\#(Int(perSecond.1)),"publishCPUMicrosPerMessage":\#(String(format: "%.2f", cpu.0)),"consumeCPUMicrosPerMessage":\#(String(format: "%.2f", cpu.1))}"#)
+            print(
+                #"{"messages":\#(total),"size":\#(size),"publishPerSecond":\#(Int(perSecond.0)),"consumePerSecond":\#(Int(perSecond.1)),"publishCPUMicrosPerMessage":\#(String(format: "%.2f", cpu.0)),"consumeCPUMicrosPerMessage":\#(String(format: "%.2f", cpu.1))}"#
+            )
         } else {
-            print("""
+            print(
+                """
                 courier bench --phases — \((try? TransportURL(transportOptions.url).description) ?? "?")
                   \(total) messages of \(size) bytes; \(publishers) publishers × \(window) batch(es) of \(batch) in flight (confirm \(confirm.rawValue)); prefetch \(prefetch)
                   publish (confirmed)  \(Int(perSecond.0)) msg/s   \(String(format: "%.2f", cpu.0)) µs CPU/msg
@@ -404,7 +429,8 @@ enum ProcessCPU {
     static func seconds() -> Double {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+        return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(
+            usage.ru_stime.tv_usec) / 1e6
     }
 }
 

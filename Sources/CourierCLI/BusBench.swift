@@ -40,13 +40,22 @@ extension Bench {
             print(String(decoding: try encoder.encode(runs), as: UTF8.self))
             return
         }
-        print("courier bench --bus — \(TransportURL.redacted(transportOptions.url)) — \(messages) commands of a MessageBus handler with default options")
+        print(
+            "courier bench --bus — \(TransportURL.redacted(transportOptions.url)) — \(messages) commands of a MessageBus handler with default options"
+        )
         for run in runs {
             let label = run.label.padding(toLength: 9, withPad: " ", startingAt: 0)
-            print("  " + label + String(format: "%8d msg/s   %6.2f µs CPU/msg   (%d dead-lettered, %.3f s)", Int(run.messagesPerSecond), run.cpuMicrosPerMessage, run.poisoned, run.seconds))
+            print(
+                "  " + label
+                    + String(
+                        format: "%8d msg/s   %6.2f µs CPU/msg   (%d dead-lettered, %.3f s)", Int(run.messagesPerSecond),
+                        run.cpuMicrosPerMessage, run.poisoned, run.seconds))
         }
         if runs.count == 2 {
-            print(String(format: "  poisoned run at %.0f%% of the clean run's throughput", runs[1].messagesPerSecond / runs[0].messagesPerSecond * 100))
+            print(
+                String(
+                    format: "  poisoned run at %.0f%% of the clean run's throughput",
+                    runs[1].messagesPerSecond / runs[0].messagesPerSecond * 100))
         }
     }
 
@@ -95,7 +104,9 @@ extension Bench {
         }
         try await bus.shutdown()  // waits for dead letters still being confirmed
         let seconds = (ContinuousClock.now - (first.withLock { $0 } ?? .now)).seconds
-        return BusRun(label: poisonPercent > 0 ? "poisoned" : "clean", messages: total, poisoned: poisoned, seconds: seconds, cpuSeconds: ProcessCPU.seconds() - cpuStart)
+        return BusRun(
+            label: poisonPercent > 0 ? "poisoned" : "clean", messages: total, poisoned: poisoned, seconds: seconds,
+            cpuSeconds: ProcessCPU.seconds() - cpuStart)
     }
 }
 

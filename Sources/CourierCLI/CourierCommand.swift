@@ -1,7 +1,7 @@
-import Configuration
-import CourierTransports
 import ArgumentParser
+import Configuration
 import Courier
+import CourierTransports
 import Logging
 import Synchronization
 
@@ -35,7 +35,11 @@ struct TransportOptions: ParsableArguments {
     @Option(name: .long, help: "Transport URL: memory://, amqp://user:pass@host:5672/vhost, kafka://host:9092.")
     var transport: String?
 
-    @Option(name: .long, help: "Log level on standard error: trace, debug, info, notice, warning, error or critical (default: the COURIER_LOG_LEVEL environment variable, else warning).")
+    @Option(
+        name: .long,
+        help:
+            "Log level on standard error: trace, debug, info, notice, warning, error or critical (default: the COURIER_LOG_LEVEL environment variable, else warning)."
+    )
     var logLevel: String?
 
     func validate() throws {

@@ -42,7 +42,9 @@ struct DeadLetters: AsyncParsableCommand {
                 if json {
                     for letter in letters { print(DeadLetterFormat.json(letter)) }
                 } else {
-                    print("\(letters.count) dead letter\(letters.count == 1 ? "" : "s") of \(origin) in \(queue)\(letters.count == limit ? " (--limit reached)" : "")")
+                    print(
+                        "\(letters.count) dead letter\(letters.count == 1 ? "" : "s") of \(origin) in \(queue)\(letters.count == limit ? " (--limit reached)" : "")"
+                    )
                     for letter in letters { print(DeadLetterFormat.line(letter)) }
                 }
             }

@@ -2,8 +2,8 @@ import ArgumentParser
 import Courier
 import CourierBus
 import CourierTransports
-import Logging
 import Foundation
+import Logging
 import Synchronization
 
 /// The integration scenario of DESIGN.md §4, end to end on the message bus.
@@ -153,9 +153,11 @@ struct DemoScenario: Sendable {
             try await marketing.handle(CreateCustomer.self) { command, context in
                 guard command.runID == runID else { return }  // left over from an earlier run on a durable broker
                 let isNew = progress.store(command.customerID, name: command.fullName)
-                log("marketing", isNew
-                    ? "stored customer #\(command.customerID) \(command.fullName) (causation \(context.envelope.causationID?.prefix(8) ?? "-"))"
-                    : "ignored a duplicate of customer #\(command.customerID)")
+                log(
+                    "marketing",
+                    isNew
+                        ? "stored customer #\(command.customerID) \(command.fullName) (causation \(context.envelope.causationID?.prefix(8) ?? "-"))"
+                        : "ignored a duplicate of customer #\(command.customerID)")
             }
             // The transformer: each event becomes a command; the bus acks the event only once
             // the command is confirmed, so a crash in between redelivers the event, never loses it.
@@ -163,8 +165,14 @@ struct DemoScenario: Sendable {
             try await transformer.transform(CustomerRegistered.self, group: Self.transformerGroup) { event, _ in
                 guard event.runID == runID else { return [] }
                 progress.transformed()
-                log("transformer", "\(CustomerRegistered.messageType) #\(event.customerID) → \(CreateCustomer.messageType) (event acked once confirmed)")
-                return [.send(CreateCustomer(runID: runID, customerID: event.customerID, fullName: event.name, email: event.email, source: "web-store"))]
+                log(
+                    "transformer",
+                    "\(CustomerRegistered.messageType) #\(event.customerID) → \(CreateCustomer.messageType) (event acked once confirmed)")
+                return [
+                    .send(
+                        CreateCustomer(
+                            runID: runID, customerID: event.customerID, fullName: event.name, email: event.email, source: "web-store"))
+                ]
             }
             for customerID in 1...customers {
                 let customer = CustomerRegistered(

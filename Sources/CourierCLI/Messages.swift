@@ -10,7 +10,8 @@ enum ToolExit {
 
 /// What a message looks like on the command line: payload, key, headers.
 struct MessageOptions: ParsableArguments {
-    @Option(help: "A file with one message per line ('-' for standard input). Without a message argument or --file, standard input is read.")
+    @Option(
+        help: "A file with one message per line ('-' for standard input). Without a message argument or --file, standard input is read.")
     var file: String?
 
     @Option(help: "The partition key of every message.")
@@ -125,7 +126,10 @@ struct ReadOptions: ParsableArguments {
     @Option(help: "Stop when no message arrives for this many seconds (exit status 3 if --count was not reached).")
     var timeout: Double?
 
-    @Flag(help: "Print each message as one line of JSON (id, attempt, key, time, headers, payload; a payload that is not UTF-8 is base64 with \"payloadEncoding\":\"base64\").")
+    @Flag(
+        help:
+            "Print each message as one line of JSON (id, attempt, key, time, headers, payload; a payload that is not UTF-8 is base64 with \"payloadEncoding\":\"base64\")."
+    )
     var json = false
 
     func validate() throws {
@@ -209,11 +213,12 @@ struct Consume: AsyncParsableCommand {
         let options = SubscriptionOptions(startPosition: start == "earliest" ? .earliest : .latest)
         let (queue, topic, group, settle, readOptions) = (queue, topic, group, settle, readOptions)
         let complete = try await transportOptions.withTransport { transport in
-            let subscription = if let queue {
-                try await transport.consume(queue: queue, options: options)
-            } else {
-                try await transport.subscribe(to: topic!, group: group!, options: options)
-            }
+            let subscription =
+                if let queue {
+                    try await transport.consume(queue: queue, options: options)
+                } else {
+                    try await transport.subscribe(to: topic!, group: group!, options: options)
+                }
             return try await MessagePrinter(options: readOptions).read(subscription, settle: settle)
         }
         if !complete { throw ToolExit.incomplete }

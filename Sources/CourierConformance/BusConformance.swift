@@ -56,7 +56,9 @@ public struct BusConformance: Sendable {
             case .deadLetterReplay: try await run.deadLetterReplay()
             }
         }
-        let milliseconds = (ContinuousClock.now - start).components.seconds * 1000 + (ContinuousClock.now - start).components.attoseconds / 1_000_000_000_000_000
+        let milliseconds =
+            (ContinuousClock.now - start).components.seconds * 1000 + (ContinuousClock.now - start).components.attoseconds
+            / 1_000_000_000_000_000
         return "PASSED  \(scenario) — \(summary) (\(milliseconds) ms)"
     }
 
@@ -166,7 +168,8 @@ private struct BusRun {
                 last = now
                 lastChange = .now
             } else if ContinuousClock.now - lastChange > suite.idleTimeout {
-                throw BusConformanceFailure(scenario: scenario, message: "no progress for \(suite.idleTimeout) waiting for \(what) (at \(now))")
+                throw BusConformanceFailure(
+                    scenario: scenario, message: "no progress for \(suite.idleTimeout) waiting for \(what) (at \(now))")
             }
         }
     }
@@ -182,7 +185,8 @@ private struct BusRun {
                 last = now
                 lastChange = .now
             } else if ContinuousClock.now - lastChange > suite.idleTimeout {
-                throw BusConformanceFailure(scenario: scenario, message: "no progress for \(suite.idleTimeout) waiting for \(what) (at \(now))")
+                throw BusConformanceFailure(
+                    scenario: scenario, message: "no progress for \(suite.idleTimeout) waiting for \(what) (at \(now))")
             }
         }
     }
@@ -196,7 +200,11 @@ private struct BusRun {
             let reader = Task {
                 for try await delivery in queue {
                     try await delivery.ack()
-                    if letters.withLock({ $0.append(delivery.envelope); return $0.count }) == count { break }
+                    if letters.withLock({
+                        $0.append(delivery.envelope); return $0.count
+                    }) == count {
+                        break
+                    }
                 }
             }
             defer { reader.cancel() }
@@ -223,10 +231,13 @@ private struct BusRun {
         try await marketing.handle(BusCreateCustomer.self, options: HandlerOptions(concurrency: 4)) { command, context in
             seen.withLock { seen in
                 if seen.commands[command.customer] != nil { seen.duplicates += 1 }
-                seen.commands[command.customer] = (context.correlationID, context.envelope.causationID, context.headers[CourierHeader.source])
+                seen.commands[command.customer] = (
+                    context.correlationID, context.envelope.causationID, context.headers[CourierHeader.source]
+                )
             }
         }
-        try await transformer.transform(BusCustomerRegistered.self, group: "transformer", options: HandlerOptions(concurrency: 4)) { event, _ in
+        try await transformer.transform(BusCustomerRegistered.self, group: "transformer", options: HandlerOptions(concurrency: 4)) {
+            event, _ in
             [.send(BusCreateCustomer(customer: event.customer))]
         }
         try await store.publish((0..<customers).map { BusCustomerRegistered(customer: $0) })
@@ -235,15 +246,21 @@ private struct BusRun {
             until: { seen.value.commands.count == customers && seen.value.eventIDs.count == customers }
         )
         let result = seen.value
-        try check(Set(result.commands.keys) == Set(0..<customers), "commands for customers \(Set(0..<customers).subtracting(result.commands.keys).sorted()) are missing")
+        try check(
+            Set(result.commands.keys) == Set(0..<customers),
+            "commands for customers \(Set(0..<customers).subtracting(result.commands.keys).sorted()) are missing")
         for (customer, command) in result.commands {
             let eventID = result.eventIDs[customer]
-            try check(command.correlation == eventID, "customer \(customer): correlation \(command.correlation), expected the event's id \(eventID ?? "?")")
-            try check(command.causation == eventID, "customer \(customer): causation \(command.causation ?? "none"), expected the event's id")
+            try check(
+                command.correlation == eventID,
+                "customer \(customer): correlation \(command.correlation), expected the event's id \(eventID ?? "?")")
+            try check(
+                command.causation == eventID, "customer \(customer): causation \(command.causation ?? "none"), expected the event's id")
             try check(command.source == "/transformer", "customer \(customer): source \(command.source ?? "none"), expected /transformer")
         }
         for bus in [store, transformer, marketing] { try await bus.shutdown() }
-        return "\(customers) events through a transformer into \(customers) commands, each with the event as correlation and causation, also seen by a second group; \(result.duplicates) duplicates"
+        return
+            "\(customers) events through a transformer into \(customers) commands, each with the event as correlation and causation, also seen by a second group; \(result.duplicates) duplicates"
     }
 
     func retriesThenDeadLetter() async throws -> String {
@@ -270,14 +287,22 @@ private struct BusRun {
         try await wait("20 good payments", progress: { calls.value.good.count }, until: { calls.value.good.count == 20 })
         let result = calls.value
         let letter = letters[0]
-        try check(result.failing == [1, 1, 2, 2, 3, 3], "the failing payment's calls had attempts \(result.failing), expected [1, 1, 2, 2, 3, 3]")
-        try check(letter.headers[CourierHeader.errorType]?.hasSuffix("BusHandlerFailure") == true, "dead letter error type \(letter.headers[CourierHeader.errorType] ?? "missing")")
-        try check(letter.headers[CourierHeader.errorMessage] == "the payment provider refused the card", "dead letter error message \(letter.headers[CourierHeader.errorMessage] ?? "missing")")
-        try check(letter.headers[CourierHeader.deadLetterAttempts] == "3", "dead letter attempts \(letter.headers[CourierHeader.deadLetterAttempts] ?? "missing"), expected 3")
+        try check(
+            result.failing == [1, 1, 2, 2, 3, 3], "the failing payment's calls had attempts \(result.failing), expected [1, 1, 2, 2, 3, 3]")
+        try check(
+            letter.headers[CourierHeader.errorType]?.hasSuffix("BusHandlerFailure") == true,
+            "dead letter error type \(letter.headers[CourierHeader.errorType] ?? "missing")")
+        try check(
+            letter.headers[CourierHeader.errorMessage] == "the payment provider refused the card",
+            "dead letter error message \(letter.headers[CourierHeader.errorMessage] ?? "missing")")
+        try check(
+            letter.headers[CourierHeader.deadLetterAttempts] == "3",
+            "dead letter attempts \(letter.headers[CourierHeader.deadLetterAttempts] ?? "missing"), expected 3")
         try check(letter.type == BusChargeCard.messageType, "the dead letter is not the original message (type \(letter.type ?? "none"))")
         try check(result.goodBeforeFirstRetry > 0, "no other payment was handled while the failing one waited for its retry")
         try await billing.shutdown()
-        return "6 calls (2 per delivery, 3 deliveries 200 ms and 400 ms apart), then dead-lettered with the error's type and message; \(result.goodBeforeFirstRetry) other payments handled while it waited"
+        return
+            "6 calls (2 per delivery, 3 deliveries 200 ms and 400 ms apart), then dead-lettered with the error's type and message; \(result.goodBeforeFirstRetry) other payments handled while it waited"
     }
 
     func poisonMessages() async throws -> String {
@@ -294,9 +319,15 @@ private struct BusRun {
         let letters = try await deadLetters(of: .queue(BusImportRow.queue), count: 2)
         try await wait("the good row", progress: { rows.value.count }, until: { rows.value.count == 1 })
         let reasons = Dictionary(letters.map { ($0.id, $0.headers[CourierHeader.deadLetterReason] ?? "") }, uniquingKeysWith: { a, _ in a })
-        try check(reasons[garbage.id]?.contains("cannot be decoded") == true, "the undecodable payload's dead letter says \(reasons[garbage.id] ?? "nothing")")
-        try check(reasons[foreign.id]?.contains("unknown message type DeleteEverything.v1") == true, "the foreign message's dead letter says \(reasons[foreign.id] ?? "nothing")")
-        try check(letters.allSatisfy { $0.headers[CourierHeader.deadLetterAttempts] == "1" }, "poison was retried: attempts \(letters.map { $0.headers[CourierHeader.deadLetterAttempts] ?? "?" })")
+        try check(
+            reasons[garbage.id]?.contains("cannot be decoded") == true,
+            "the undecodable payload's dead letter says \(reasons[garbage.id] ?? "nothing")")
+        try check(
+            reasons[foreign.id]?.contains("unknown message type DeleteEverything.v1") == true,
+            "the foreign message's dead letter says \(reasons[foreign.id] ?? "nothing")")
+        try check(
+            letters.allSatisfy { $0.headers[CourierHeader.deadLetterAttempts] == "1" },
+            "poison was retried: attempts \(letters.map { $0.headers[CourierHeader.deadLetterAttempts] ?? "?" })")
         try check(rows.value == [3], "the handler saw rows \(rows.value), expected only [3]")
         try await importer.shutdown()
         return "an undecodable payload and a foreign type dead-lettered on their first attempt with the reason; the good message handled"
@@ -387,7 +418,8 @@ private struct BusRun {
 
         broken.withLock { $0 = false }
         let queueReplay = try await tool.replayDeadLetters(of: refundOrigin) { $0.id != letters[0].id }
-        try check(queueReplay == (count - 1, 1), "replaying all but one refund replayed \(queueReplay.replayed) and kept \(queueReplay.kept)")
+        try check(
+            queueReplay == (count - 1, 1), "replaying all but one refund replayed \(queueReplay.replayed) and kept \(queueReplay.kept)")
         try await wait("\(count - 1) replayed refunds", progress: { refunds.value.count }, until: { refunds.value.count >= count - 1 })
         let kept = try await tool.browse(queue: tool.deadLetterQueue(for: refundOrigin), limit: 100)
         try check(kept.map(\.id) == [letters[0].id], "the dead letter not chosen is not the one left: \(kept.map(\.id))")
@@ -395,10 +427,14 @@ private struct BusRun {
         var groupNote: String
         do {
             let groupReplay = try await tool.replayDeadLetters(of: priceOrigin) { _ in true }
-            try check(groupReplay == (count, 0), "replaying the group's dead letters replayed \(groupReplay.replayed) and kept \(groupReplay.kept)")
+            try check(
+                groupReplay == (count, 0),
+                "replaying the group's dead letters replayed \(groupReplay.replayed) and kept \(groupReplay.kept)")
             try await wait("\(count) replayed price changes", progress: { prices.value.count }, until: { prices.value.count >= count })
             try await Task.sleep(for: .milliseconds(500))
-            try check(audit.value.count == count, "the audit group got \(audit.value.count) price changes, expected \(count): a replay reached another group")
+            try check(
+                audit.value.count == count,
+                "the audit group got \(audit.value.count) price changes, expected \(count): a replay reached another group")
             try check(Set(prices.value) == Set(0..<count), "the pricing group got \(prices.value.sorted())")
             groupNote = "a group's \(count) dead letters replayed to that group alone (the topic's other group saw each once)"
         } catch let error as CourierError where error.code == .unsupportedCapability {
@@ -406,7 +442,8 @@ private struct BusRun {
         }
         try await tool.shutdown()
         try await service.shutdown()
-        return "\(count) dead letters per queue listed twice without being taken (keys repeating); \(count - 1) chosen refunds replayed and handled, 1 kept; \(groupNote)"
+        return
+            "\(count) dead letters per queue listed twice without being taken (keys repeating); \(count - 1) chosen refunds replayed and handled, 1 kept; \(groupNote)"
     }
 
     func gracefulShutdown() async throws -> String {
@@ -433,6 +470,7 @@ private struct BusRun {
         let all = handled.value
         try check(Set(all) == Set(0..<orders), "orders \(Set(0..<orders).subtracting(all).sorted()) were lost")
         try await second.shutdown()
-        return "\(byFirst) running handlers finished within the deadline, the other \(orders - byFirst) orders waited for the next instance; none lost, \(all.count - Set(all).count) duplicates"
+        return
+            "\(byFirst) running handlers finished within the deadline, the other \(orders - byFirst) orders waited for the next instance; none lost, \(all.count - Set(all).count) duplicates"
     }
 }

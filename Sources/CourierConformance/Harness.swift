@@ -122,7 +122,7 @@ extension Scenarios {
                                 break
                             }
                             if case .leave = action {} else { received.didSettle() }
-                        } catch where stopping.value {
+                        } catch  where stopping.value {
                             // Closing returned this delivery to the queue; settling it is moot.
                         }
                     }
@@ -154,7 +154,8 @@ extension Scenarios {
         let expected = Set(sent.map(\.id))
         let got = received.ids
         guard got != expected else { return }
-        var failure = ConformanceFailure(scenario: scenario, message: "\(what): received \(got.count) of \(expected.count) distinct messages")
+        var failure = ConformanceFailure(
+            scenario: scenario, message: "\(what): received \(got.count) of \(expected.count) distinct messages")
         failure.missing = sent.map(\.id).filter { !got.contains($0) }
         failure.extra = got.subtracting(expected).sorted()
         throw failure

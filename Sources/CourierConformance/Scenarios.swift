@@ -38,7 +38,9 @@ struct Scenarios: Sendable {
     }
 
     /// Why `scenario` cannot run on a transport with `capabilities`, or `nil` when it can.
-    static func skipReason(for scenario: ConformanceScenario, capabilities: TransportCapabilities, configuration: ConformanceConfiguration) -> String? {
+    static func skipReason(for scenario: ConformanceScenario, capabilities: TransportCapabilities, configuration: ConformanceConfiguration)
+        -> String?
+    {
         switch scenario {
         case .ackGatesOrder, .perKeyOrder:
             capabilities.ordering == .none ? "the \(capabilities.system) transport declares no per-key ordering" : nil
@@ -69,7 +71,8 @@ struct Scenarios: Sendable {
             for envelope in sent {
                 let got = received.arrival(envelope.id)!.envelope
                 try check(got.payload == envelope.payload, "message \(envelope.id) arrived with another payload")
-                try check(got.headers == envelope.headers, "message \(envelope.id) arrived with headers \(got.headers), sent \(envelope.headers)")
+                try check(
+                    got.headers == envelope.headers, "message \(envelope.id) arrived with headers \(got.headers), sent \(envelope.headers)")
             }
             // The stream ends when the subscription is closed (read closed it).
             _ = try await within(suite.configuration.idleTimeout, "iterating a closed subscription") {
@@ -84,7 +87,8 @@ struct Scenarios: Sendable {
             try await transport.publish(marker, to: late)
             let afterwards = try await read([group], expecting: Set(marker.map(\.id)))
             try expectAll(marker, in: afterwards, "a new group starting at latest")
-            return "100 events intact, stream ended on close, 10 earlier events not delivered to a late group, \(received.duplicates) duplicates"
+            return
+                "100 events intact, stream ended on close, 10 earlier events not delivered to a late group, \(received.duplicates) duplicates"
         }
     }
 
@@ -295,7 +299,9 @@ struct Scenarios: Sendable {
             let groups = [name("group-a"), name("group-b")]
             var members: [[Subscription]] = []
             for group in groups {
-                members.append([try await transport.subscribe(to: topic, group: group), try await transport.subscribe(to: topic, group: group)])
+                members.append([
+                    try await transport.subscribe(to: topic, group: group), try await transport.subscribe(to: topic, group: group),
+                ])
             }
             let sent = envelopes(50, "event")
             let expected = Set(sent.map(\.id))
@@ -416,14 +422,26 @@ struct Scenarios: Sendable {
             try expectAll(Array(sent[0...1]), in: deadLetters, "the dead-letter queue \(transport.deadLetterQueue(for: origin))")
             let first = deadLetters.arrival(explicit)!.envelope.headers
             let second = deadLetters.arrival(exhausted)!.envelope.headers
-            try check(first[CourierHeader.deadLetterReason] == reason, "dead letter reason is \(first[CourierHeader.deadLetterReason] ?? "missing"), expected \(reason)")
+            try check(
+                first[CourierHeader.deadLetterReason] == reason,
+                "dead letter reason is \(first[CourierHeader.deadLetterReason] ?? "missing"), expected \(reason)")
             try check(!(second[CourierHeader.deadLetterReason] ?? "").isEmpty, "the exhausted message has no dead-letter reason")
-            try check(first[CourierHeader.deadLetterAttempts] == "1", "explicit dead letter has attempts header \(first[CourierHeader.deadLetterAttempts] ?? "missing"), expected 1")
-            try check(second[CourierHeader.deadLetterAttempts] == "2", "exhausted dead letter has attempts header \(second[CourierHeader.deadLetterAttempts] ?? "missing"), expected 2")
+            try check(
+                first[CourierHeader.deadLetterAttempts] == "1",
+                "explicit dead letter has attempts header \(first[CourierHeader.deadLetterAttempts] ?? "missing"), expected 1")
+            try check(
+                second[CourierHeader.deadLetterAttempts] == "2",
+                "exhausted dead letter has attempts header \(second[CourierHeader.deadLetterAttempts] ?? "missing"), expected 2")
             for headers in [first, second] {
-                try check(headers[CourierHeader.deadLetterOriginKind] == "topic", "dead letter origin kind is \(headers[CourierHeader.deadLetterOriginKind] ?? "missing")")
-                try check(headers[CourierHeader.deadLetterOrigin] == topic, "dead letter origin is \(headers[CourierHeader.deadLetterOrigin] ?? "missing"), expected \(topic)")
-                try check(headers[CourierHeader.deadLetterGroup] == group, "dead letter group is \(headers[CourierHeader.deadLetterGroup] ?? "missing"), expected \(group)")
+                try check(
+                    headers[CourierHeader.deadLetterOriginKind] == "topic",
+                    "dead letter origin kind is \(headers[CourierHeader.deadLetterOriginKind] ?? "missing")")
+                try check(
+                    headers[CourierHeader.deadLetterOrigin] == topic,
+                    "dead letter origin is \(headers[CourierHeader.deadLetterOrigin] ?? "missing"), expected \(topic)")
+                try check(
+                    headers[CourierHeader.deadLetterGroup] == group,
+                    "dead letter group is \(headers[CourierHeader.deadLetterGroup] ?? "missing"), expected \(group)")
             }
 
             // Neither is seen again by the group.
@@ -436,15 +454,19 @@ struct Scenarios: Sendable {
             let queue = name("queue")
             let command = envelopes(1, "command")
             try await transport.send(command, to: queue)
-            _ = try await read([try await transport.consume(queue: queue)], expecting: [], limit: 1) { _, _ in .deadLetter("conformance: bad command") }
+            _ = try await read([try await transport.consume(queue: queue)], expecting: [], limit: 1) { _, _ in
+                .deadLetter("conformance: bad command")
+            }
             let queueDead = try await read(
                 [try await transport.consume(queue: transport.deadLetterQueue(for: .queue(queue)))],
                 expecting: Set(command.map(\.id))
             )
             try expectAll(command, in: queueDead, "the dead-letter queue of a command queue")
             let headers = queueDead.arrival(command[0].id)!.envelope.headers
-            try check(headers[CourierHeader.deadLetterOriginKind] == "queue" && headers[CourierHeader.deadLetterOrigin] == queue,
-                      "command dead letter has origin \(headers[CourierHeader.deadLetterOriginKind] ?? "?") \(headers[CourierHeader.deadLetterOrigin] ?? "?")")
+            try check(
+                headers[CourierHeader.deadLetterOriginKind] == "queue" && headers[CourierHeader.deadLetterOrigin] == queue,
+                "command dead letter has origin \(headers[CourierHeader.deadLetterOriginKind] ?? "?") \(headers[CourierHeader.deadLetterOrigin] ?? "?")"
+            )
             return "explicit and exhausted dead letters carry reason, attempts and origin; the group never saw them again; commands too"
         }
     }
@@ -494,7 +516,7 @@ struct Scenarios: Sendable {
                                     try await publisher.publish(sent[index], to: topic)
                                     confirmed.withLock { $0 += 1 }
                                     break
-                                } catch where ContinuousClock.now < deadline {
+                                } catch  where ContinuousClock.now < deadline {
                                     retries.withLock { $0 += 1 }
                                     if (error as? CourierError)?.isRetriable != true {
                                         notRetriable.withLock { $0.append("\(error)") }
@@ -517,8 +539,11 @@ struct Scenarios: Sendable {
             let received = try await reading
             try expectAll(sent, in: received, "across two broker restarts")
             let unmarked = notRetriable.withLock { $0 }
-            try check(unmarked.isEmpty, "\(unmarked.count) publishes failed during a broker restart with errors not marked retriable, e.g. \(unmarked.first ?? "")")
-            return "\(total) messages from 100 publishers across 2 broker restarts, all confirmed ones arrived (\(retries.withLock { $0 }) publish retries, each error retriable; \(received.duplicates) duplicates)"
+            try check(
+                unmarked.isEmpty,
+                "\(unmarked.count) publishes failed during a broker restart with errors not marked retriable, e.g. \(unmarked.first ?? "")")
+            return
+                "\(total) messages from 100 publishers across 2 broker restarts, all confirmed ones arrived (\(retries.withLock { $0 }) publish retries, each error retriable; \(received.duplicates) duplicates)"
         }
     }
 
@@ -542,7 +567,8 @@ struct Scenarios: Sendable {
             try await Task.sleep(for: .milliseconds(100))
             let recent = envelopes(10, "recent")
             try await transport.publish(recent, to: topic)
-            let fromTime = try await transport.subscribe(to: topic, group: name("time-group"), options: SubscriptionOptions(startPosition: .timestamp(cut)))
+            let fromTime = try await transport.subscribe(
+                to: topic, group: name("time-group"), options: SubscriptionOptions(startPosition: .timestamp(cut)))
             let timed = try await read([fromTime], expecting: Set(recent.map(\.id)))
             try expectAll(recent, in: timed, "a group starting at a timestamp")
             return "a late group read 50 earlier events, a rewind replayed them, a timestamp start read only the 10 after it"
@@ -575,7 +601,8 @@ struct Scenarios: Sendable {
             try expectAll([full, bare], in: received, "headers and keys")
             for sent in [full, bare] {
                 let got = received.arrival(sent.id)!.envelope
-                try check(got.payload == sent.payload, "message \(sent.id): payload of \(got.payload.count) bytes, sent \(sent.payload.count)")
+                try check(
+                    got.payload == sent.payload, "message \(sent.id): payload of \(got.payload.count) bytes, sent \(sent.payload.count)")
                 try check(got.headers == sent.headers, "message \(sent.id): headers \(got.headers), sent \(sent.headers)")
                 try check(got.key == sent.key, "message \(sent.id): key \(got.key ?? "nil"), sent \(sent.key ?? "nil")")
                 let drift = abs(got.timestamp.timeIntervalSince(sent.timestamp))
@@ -594,30 +621,47 @@ struct Scenarios: Sendable {
         try await withTransport { transport in
             _ = try await transport.subscribe(to: topic, group: group).close()
             try await transport.publish(sent, to: topic)
-            let badNames = ["", "has space", "slash/name", "colon:name", String(repeating: "x", count: 300), "amq.reserved", "..", "ümlaut"]
+            let badNames = [
+                "", "has space", "slash/name", "colon:name", String(repeating: "x", count: 300), "amq.reserved", "..", "ümlaut",
+            ]
             for bad in badNames {
-                try await expectError(.invalidName, "publishing to \"\(bad)\"") { try await transport.publish(Envelope(text: "x"), to: bad) }
+                try await expectError(.invalidName, "publishing to \"\(bad)\"") {
+                    try await transport.publish(Envelope(text: "x"), to: bad)
+                }
                 try await expectError(.invalidName, "sending to \"\(bad)\"") { try await transport.send(Envelope(text: "x"), to: bad) }
                 try await expectError(.invalidName, "consuming \"\(bad)\"") { _ = try await transport.consume(queue: bad) }
-                try await expectError(.invalidName, "subscribing as group \"\(bad)\"") { _ = try await transport.subscribe(to: topic, group: bad) }
+                try await expectError(.invalidName, "subscribing as group \"\(bad)\"") {
+                    _ = try await transport.subscribe(to: topic, group: bad)
+                }
                 checked += 4
             }
             let oversized = Envelope(payload: [UInt8](repeating: 0x2A, count: capabilities.maxPayloadSize + 1))
-            try await expectError(.payloadTooLarge, "publishing \(oversized.payload.count) bytes") { try await transport.publish(oversized, to: topic) }
-            try await expectError(.payloadTooLarge, "sending \(oversized.payload.count) bytes") { try await transport.send(oversized, to: name("queue")) }
+            try await expectError(.payloadTooLarge, "publishing \(oversized.payload.count) bytes") {
+                try await transport.publish(oversized, to: topic)
+            }
+            try await expectError(.payloadTooLarge, "sending \(oversized.payload.count) bytes") {
+                try await transport.send(oversized, to: name("queue"))
+            }
             checked += 2
         }
         let closed = try await suite.makeTransport()
         try await closed.shutdown()
-        try await expectError(.transportClosed, "publishing on a shut-down transport") { try await closed.publish(Envelope(text: "x"), to: topic) }
-        try await expectError(.transportClosed, "sending on a shut-down transport") { try await closed.send(Envelope(text: "x"), to: topic) }
-        try await expectError(.transportClosed, "subscribing on a shut-down transport") { _ = try await closed.subscribe(to: topic, group: group) }
+        try await expectError(.transportClosed, "publishing on a shut-down transport") {
+            try await closed.publish(Envelope(text: "x"), to: topic)
+        }
+        try await expectError(.transportClosed, "sending on a shut-down transport") {
+            try await closed.send(Envelope(text: "x"), to: topic)
+        }
+        try await expectError(.transportClosed, "subscribing on a shut-down transport") {
+            _ = try await closed.subscribe(to: topic, group: group)
+        }
         checked += 3
         let received = try await withTransport { transport in
             try await read([try await transport.subscribe(to: topic, group: group)], expecting: Set(sent.map(\.id)))
         }
         try expectAll(sent, in: received, "messages confirmed before the bad input")
-        return "\(checked) bad calls gave typed errors (invalid names, oversized payloads, closed transport); the 10 confirmed messages all arrived"
+        return
+            "\(checked) bad calls gave typed errors (invalid names, oversized payloads, closed transport); the 10 confirmed messages all arrived"
     }
 
     private func expectError(_ code: CourierError.Code, _ what: String, _ body: () async throws -> Void) async throws {

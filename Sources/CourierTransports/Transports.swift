@@ -62,7 +62,9 @@ public enum Transports {
     }
 
     /// Reads the transport URL at `key` of `config` and connects it.
-    public static func connect(config: ConfigReader, key: String = defaultKey, default fallback: String? = nil) async throws -> any Transport {
+    public static func connect(config: ConfigReader, key: String = defaultKey, default fallback: String? = nil) async throws
+        -> any Transport
+    {
         try await connect(url(from: config, key: key, default: fallback))
     }
 

@@ -9,13 +9,13 @@ import Synchronization
 import Testing
 
 // The README's bus contracts, verbatim (this target has no other types of these names).
-struct CustomerRegistered: IntegrationEvent {   // topic "customer-registered"
+struct CustomerRegistered: IntegrationEvent {  // topic "customer-registered"
     var customerID: String
     var email: String
-    var messageKey: String? { customerID }       // one customer's messages are handled in order
+    var messageKey: String? { customerID }  // one customer's messages are handled in order
 }
 
-struct CreateCustomer: IntegrationCommand {      // queue "create-customer"
+struct CreateCustomer: IntegrationCommand {  // queue "create-customer"
     var customerID: String
     var email: String
 }
@@ -48,20 +48,21 @@ struct ReadmeBusExampleTests {
         try await bus.publish(CustomerRegistered(customerID: "c-42", email: "ada@example.com"))
 
         for _ in 0..<1000 where created.value.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
-        try await bus.shutdown()   // graceful: running handlers finish, the rest stays with the broker
+        try await bus.shutdown()  // graceful: running handlers finish, the rest stays with the broker
         #expect(created.value == ["c-42"])
     }
 
     @Test func theServiceExampleRuns() async throws {
         let environment = EnvironmentVariablesProvider(environmentVariables: ["COURIER_TRANSPORT_URL": "memory://readme-service"])
         let config = ConfigReader(provider: environment)
-        let bus = try await MessageBus.connect(config: config)   // a missing or bad URL fails here, clearly
+        let bus = try await MessageBus.connect(config: config)  // a missing or bad URL fails here, clearly
         try await bus.handle(CreateCustomer.self, options: HandlerOptions(concurrency: 8)) { command, context in
             try await context.publish(CustomerCreated(customerID: command.customerID))
         }
-        let services = ServiceGroup(configuration: .init(
-            services: [bus], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "marketing")
-        ))
+        let services = ServiceGroup(
+            configuration: .init(
+                services: [bus], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "marketing")
+            ))
         // The test plays the rest of the system: it listens for CustomerCreated, sends a
         // command, and then shuts the service down as SIGTERM would.
         let observer = try Transports.url(from: config)
@@ -69,7 +70,10 @@ struct ReadmeBusExampleTests {
         let events = try await listener.subscribe(to: CustomerCreated.topic, group: "observer")
         let running = Task { try await services.run() }
         try await listener.send(
-            { var command = Envelope(text: #"{"customerID":"c-7","email":"x@example.com"}"#); command.type = "CreateCustomer.v1"; return command }(),
+            {
+                var command = Envelope(text: #"{"customerID":"c-7","email":"x@example.com"}"#); command.type = "CreateCustomer.v1";
+                return command
+            }(),
             to: CreateCustomer.queue
         )
         var iterator = events.makeAsyncIterator()

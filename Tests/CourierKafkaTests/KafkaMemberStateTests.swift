@@ -17,9 +17,12 @@ import Testing
         return machine
     }
 
-    func message(_ position: Position, _ offset: Int64, key: String? = nil, size: Int = 1, retryAt: Int64? = nil) -> KafkaMemberState.Pending {
+    func message(_ position: Position, _ offset: Int64, key: String? = nil, size: Int = 1, retryAt: Int64? = nil)
+        -> KafkaMemberState.Pending
+    {
         KafkaMemberState.Pending(
-            envelope: Envelope(payload: Array(repeating: 0, count: size), key: key), attempt: 1, position: position, offset: offset, retryAt: retryAt
+            envelope: Envelope(payload: Array(repeating: 0, count: size), key: key), attempt: 1, position: position, offset: offset,
+            retryAt: retryAt
         )
     }
 
@@ -135,7 +138,9 @@ import Testing
         let late = try machine.ack(tag)
         #expect(late == .late)
         #expect(machine.counters.lateSettlements == 1)
-        #expect(throws: CourierError.self) { var copy = machine; _ = try copy.ack(tag) }
+        #expect(throws: CourierError.self) {
+            var copy = machine; _ = try copy.ack(tag)
+        }
         // The key was freed by the revoke: the redelivered message goes out.
         let again = try take(&machine)
         #expect(again.pending.offset == 0)
@@ -212,7 +217,9 @@ import Testing
         arrive(&machine, [message(Self.p0, 0)])
         let taken = try take(&machine)
         _ = try machine.begin(taken.tag)
-        #expect(throws: CourierError.self) { var copy = machine; _ = try copy.ack(taken.tag) }
+        #expect(throws: CourierError.self) {
+            var copy = machine; _ = try copy.ack(taken.tag)
+        }
         machine.restore(taken.tag)
         _ = try machine.begin(taken.tag)
         let settled = machine.complete(taken.tag)

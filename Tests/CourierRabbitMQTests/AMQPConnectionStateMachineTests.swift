@@ -106,7 +106,11 @@ import Testing
         _ = machine.lost()
         var delays: [Duration] = []
         for _ in 0..<10 { delays.append(machine.reconnectFailed(random: 1).delay) }
-        #expect(delays.prefix(7) == [.milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .milliseconds(1600), .milliseconds(3200), .seconds(5)])
+        #expect(
+            delays.prefix(7) == [
+                .milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .milliseconds(1600), .milliseconds(3200),
+                .seconds(5),
+            ])
         #expect(delays.suffix(3).allSatisfy { $0 == .seconds(5) })
         #expect(machine.reconnectAttempt == 11)
         #expect(machine.reconnectFailed(random: 0).delay == .milliseconds(2500), "jitter takes off at most half")

@@ -1,5 +1,6 @@
 import Courier
 import Foundation
+import Synchronization
 import Testing
 
 /// Behaviours of the in-memory transport beyond the conformance suite: bounded memory,
@@ -18,7 +19,9 @@ struct InMemoryTransportTests {
     }
 
     @Test func aFullQueueRejectsWhenConfiguredToAndKeepsWhatItHas() async throws {
-        let transport = try transport { $0.queueCapacity = 3; $0.overflow = .reject }
+        let transport = try transport {
+            $0.queueCapacity = 3; $0.overflow = .reject
+        }
         try await transport.send([Envelope(text: "1"), Envelope(text: "2"), Envelope(text: "3")], to: "jobs")
         await #expect(throws: CourierError.self) { try await transport.send(Envelope(text: "4"), to: "jobs") }
         do {
@@ -92,7 +95,9 @@ struct InMemoryTransportTests {
     }
 
     @Test func anEmptyQueueTakesOneMessageLargerThanItsByteBudget() async throws {
-        let transport = try transport { $0.queueByteCapacity = 10; $0.overflow = .reject }
+        let transport = try transport {
+            $0.queueByteCapacity = 10; $0.overflow = .reject
+        }
         try await transport.send(Envelope(payload: [UInt8](repeating: 1, count: 100)), to: "q")
         await #expect(throws: CourierError.self) { try await transport.send(Envelope(payload: [1]), to: "q") }
         let consumer = try await transport.consume(queue: "q")
@@ -256,7 +261,8 @@ struct InMemoryTransportTests {
 
     @Test func namedBrokersAreSharedAcrossURLs() async throws {
         let name = "test-\(MessageID.random().prefix(8))"
-        guard case .memory(let one) = try TransportURL("memory://\(name)"), case .memory(let two) = try TransportURL("memory://\(name)") else {
+        guard case .memory(let one) = try TransportURL("memory://\(name)"), case .memory(let two) = try TransportURL("memory://\(name)")
+        else {
             Issue.record("not memory")
             return
         }
@@ -301,7 +307,9 @@ struct InMemoryTransportTests {
     }
 
     @Test func aDeadLetterQueueThatRefusesKeepsTheMessageInItsQueue() async throws {
-        let transport = try transport { $0.queueCapacity = 1; $0.overflow = .reject }
+        let transport = try transport {
+            $0.queueCapacity = 1; $0.overflow = .reject
+        }
         try await transport.send(Envelope(text: "first poison"), to: "jobs")
         let consumer = try await transport.consume(queue: "jobs")
         var iterator = consumer.makeAsyncIterator()
@@ -321,8 +329,18 @@ struct InMemoryTransportTests {
     }
 
     @Test func invalidConfigurationIsRefused() {
-        #expect(throws: CourierError.self) { try InMemoryBroker(configuration: { var c = InMemoryBroker.Configuration(); c.queueCapacity = 0; return c }()) }
-        #expect(throws: CourierError.self) { try InMemoryBroker(configuration: { var c = InMemoryBroker.Configuration(); c.retention = -1; return c }()) }
+        #expect(throws: CourierError.self) {
+            try InMemoryBroker(
+                configuration: {
+                    var c = InMemoryBroker.Configuration(); c.queueCapacity = 0; return c
+                }())
+        }
+        #expect(throws: CourierError.self) {
+            try InMemoryBroker(
+                configuration: {
+                    var c = InMemoryBroker.Configuration(); c.retention = -1; return c
+                }())
+        }
     }
 }
 
@@ -332,8 +350,6 @@ final class Counter: Sendable {
     func increment() { value_.update { $0 += 1 } }
     var value: Int { value_.get() }
 }
-
-import Synchronization
 
 final class LockedValue<Value: Sendable>: Sendable {
     private let mutex: Mutex<Value>

@@ -13,7 +13,7 @@ struct ReadmeExampleTests {
         var event = Envelope(text: #"{"orderId": 42}"#, key: "customer-7")
         event.type = "OrderPlaced.v1"
         event.contentType = "application/json"
-        try await transport.publish(event, to: "orders.order-placed")   // returns once stored
+        try await transport.publish(event, to: "orders.order-placed")  // returns once stored
 
         // Commands go to a queue, which keeps them until a consumer acks them.
         try await transport.send(Envelope(text: #"{"orderId": 42}"#), to: "billing.charge-card")
@@ -21,9 +21,9 @@ struct ReadmeExampleTests {
         var seen = 0
         for try await delivery in billing {
             print(delivery.envelope.text ?? "", "attempt", delivery.attempt)
-            try await delivery.ack()            // or .nack(delay: .seconds(5)), or .deadLetter(reason:)
+            try await delivery.ack()  // or .nack(delay: .seconds(5)), or .deadLetter(reason:)
             seen += 1
-            await billing.close()               // ends the loop; un-acked deliveries go back
+            await billing.close()  // ends the loop; un-acked deliveries go back
         }
         try await transport.shutdown()
         #expect(seen == 1)

@@ -7,14 +7,19 @@ import Testing
 @Suite("Safe numeric conversions")
 struct SafeConversionTests {
     @Test func hugeAndOddDatesFormatWithoutTrapping() {
-        for date in [Date(timeIntervalSince1970: .infinity), Date(timeIntervalSince1970: -.infinity), Date(timeIntervalSince1970: .nan), Date(timeIntervalSince1970: 1e300), .distantFuture, .distantPast] {
+        for date in [
+            Date(timeIntervalSince1970: .infinity), Date(timeIntervalSince1970: -.infinity), Date(timeIntervalSince1970: .nan),
+            Date(timeIntervalSince1970: 1e300), .distantFuture, .distantPast,
+        ] {
             _ = RFC3339.string(from: date)
         }
         #expect(RFC3339.string(from: Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000Z")
     }
 
     @Test func retryDelaysWithHugeLimitsDoNotTrap() {
-        let policy = RetryPolicy(immediateRetries: 0, delayedRetries: 100, initialDelay: .seconds(Int64.max / 2), multiplier: 1000, maxDelay: .seconds(Int64.max), jitter: 1)
+        let policy = RetryPolicy(
+            immediateRetries: 0, delayedRetries: 100, initialDelay: .seconds(Int64.max / 2), multiplier: 1000,
+            maxDelay: .seconds(Int64.max), jitter: 1)
         for retry in [1, 2, 50, 100, Int.max] {
             #expect(policy.delay(beforeDelayedRetry: retry, random: 0.99) >= .zero)
         }

@@ -10,7 +10,9 @@ struct TransportURLTests {
     }
 
     @Test func memoryURLTakesNameAndLimits() throws {
-        guard case .memory(let settings) = try TransportURL("memory://orders?capacity=10&overflow=reject&retention=0&max_payload=64&ordered=false")
+        guard
+            case .memory(let settings) = try TransportURL(
+                "memory://orders?capacity=10&overflow=reject&retention=0&max_payload=64&ordered=false")
         else { Issue.record("not memory"); return }
         #expect(settings.brokerName == "orders")
         #expect(settings.configuration.queueCapacity == 10)
@@ -32,7 +34,8 @@ struct TransportURLTests {
     }
 
     @Test func amqpURLWithEverything() throws {
-        let url = "amqp://shop%40svc:p%40ss:w0rd@rabbit.internal:5673/%2Fshop?heartbeat=10&prefetch=50&queue_type=quorum&connection_timeout=3&frame_max=8192"
+        let url =
+            "amqp://shop%40svc:p%40ss:w0rd@rabbit.internal:5673/%2Fshop?heartbeat=10&prefetch=50&queue_type=quorum&connection_timeout=3&frame_max=8192"
         guard case .amqp(let settings) = try TransportURL(url) else { Issue.record("not amqp"); return }
         #expect(settings.host == "rabbit.internal")
         #expect(settings.port == 5673)
@@ -65,9 +68,11 @@ struct TransportURLTests {
     }
 
     @Test func kafkaURLWithSeveralServersAndPassThroughProperties() throws {
-        let url = "kafka://alice:s3cret@k1:19092,k2,[::1]:9093?client_id=shop&partitions=6&replication_factor=3&security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512&rdkafka.linger.ms=5&verify=verify_none&create_topics=auto&retry_topics=true"
+        let url =
+            "kafka://alice:s3cret@k1:19092,k2,[::1]:9093?client_id=shop&partitions=6&replication_factor=3&security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512&rdkafka.linger.ms=5&verify=verify_none&create_topics=auto&retry_topics=true"
         guard case .kafka(let settings) = try TransportURL(url) else { Issue.record("not kafka"); return }
-        #expect(settings.bootstrapServers == [.init(host: "k1", port: 19092), .init(host: "k2", port: 9092), .init(host: "::1", port: 9093)])
+        #expect(
+            settings.bootstrapServers == [.init(host: "k1", port: 19092), .init(host: "k2", port: 9092), .init(host: "::1", port: 9093)])
         #expect(settings.clientID == "shop")
         #expect(settings.partitions == 6)
         #expect(settings.replicationFactor == 3)
@@ -130,7 +135,10 @@ struct TransportURLTests {
         #expect(good.description == "amqp://admin:******@host:5672")
         let kafka = try TransportURL("kafka://admin:\(secret)@k1")
         #expect(!kafka.description.contains(secret))
-        for bad in ["amqp://admin:\(secret)@host:bad/", "amqp://admin:\(secret)@host/?nope=1", "kafka://admin:\(secret)@/x", "amqp://admin:\(secret)@host/%zz"] {
+        for bad in [
+            "amqp://admin:\(secret)@host:bad/", "amqp://admin:\(secret)@host/?nope=1", "kafka://admin:\(secret)@/x",
+            "amqp://admin:\(secret)@host/%zz",
+        ] {
             do {
                 _ = try TransportURL(bad)
                 Issue.record("\(bad) parsed")

@@ -147,9 +147,14 @@ enum KafkaClient {
         let text = describe(error)
         switch error {
         case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE, RD_KAFKA_RESP_ERR_INVALID_RECORD:
-            return CourierError(.payloadTooLarge, "\(what): the broker refused the message as too large (\(text)); raise the topic's max.message.bytes or send less")
+            return CourierError(
+                .payloadTooLarge,
+                "\(what): the broker refused the message as too large (\(text)); raise the topic's max.message.bytes or send less")
         case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
-            return CourierError(.notConfirmed, "\(what): no delivery report within message.timeout.ms (\(text)); the message may or may not be stored. Check the brokers, then retry")
+            return CourierError(
+                .notConfirmed,
+                "\(what): no delivery report within message.timeout.ms (\(text)); the message may or may not be stored. Check the brokers, then retry"
+            )
         case RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, RD_KAFKA_RESP_ERR__RESOLVE:
             return CourierError(.unreachable, "\(what): \(text); check that the brokers are up and reachable")
         case RD_KAFKA_RESP_ERR__TIMED_OUT, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
@@ -157,7 +162,8 @@ enum KafkaClient {
         case RD_KAFKA_RESP_ERR__AUTHENTICATION, RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
             return CourierError(.authenticationFailed, "\(what): \(text); check the user name and password")
         case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
-            return CourierError(.notFound, "\(what): the topic does not exist (\(text)); create it or allow creation with create_topics=admin or auto")
+            return CourierError(
+                .notFound, "\(what): the topic does not exist (\(text)); create it or allow creation with create_topics=admin or auto")
         case RD_KAFKA_RESP_ERR__DESTROY, RD_KAFKA_RESP_ERR__FATAL:
             return CourierError(.transportClosed, "\(what): \(text)")
         default:
@@ -167,7 +173,9 @@ enum KafkaClient {
 
     /// Runs the blocking `body` on a new thread, never on Swift's cooperative pool, and
     /// returns its result.
-    static func offload<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws(CourierError) -> T) async throws(CourierError) -> T {
+    static func offload<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws(CourierError) -> T) async throws(CourierError)
+        -> T
+    {
         let result: Result<T, CourierError> = await withUnsafeContinuation { continuation in
             let thread = Thread {
                 do throws(CourierError) {
@@ -261,7 +269,9 @@ enum KafkaLogs {
         if allDown { brokersDown.withLock { counts in counts[name].map { counts[name] = $0 + 1 } } }
         logger.log(
             level: fatal ? .error : allDown ? .warning : .debug, "\(reason.map { String(cString: $0) } ?? "")",
-            metadata: ["kafka-client": "\(name)", "kafka-error": "\(String(cString: rd_kafka_err2str(rd_kafka_resp_err_t(rawValue: error))))"]
+            metadata: [
+                "kafka-client": "\(name)", "kafka-error": "\(String(cString: rd_kafka_err2str(rd_kafka_resp_err_t(rawValue: error))))",
+            ]
         )
     }
 

@@ -90,7 +90,8 @@ final class KafkaGroupMember: @unchecked Sendable {
         mutating func handOut(to subscription: KafkaSubscription) -> Delivery? {
             guard let (tag, pending) = machine.handOut(to: subscription.id) else { return nil }
             let attempt = pending.attempt
-            return Delivery(envelope: (consume pending).envelope, attempt: attempt, origin: subscription.origin, tag: tag, settler: subscription)
+            return Delivery(
+                envelope: (consume pending).envelope, attempt: attempt, origin: subscription.origin, tag: tag, settler: subscription)
         }
     }
 
@@ -120,21 +121,25 @@ final class KafkaGroupMember: @unchecked Sendable {
         self.deadLetterTopic = deadLetterTopic
         self.producer = producer
         self.onClosed = onClosed
-        state = Mutex(Shared(machine: KafkaMemberState(limits: .init(messages: max(1, configuration.bufferedMessages), bytes: max(1, configuration.bufferedBytes)))))
+        state = Mutex(
+            Shared(
+                machine: KafkaMemberState(
+                    limits: .init(messages: max(1, configuration.bufferedMessages), bytes: max(1, configuration.bufferedBytes)))))
         var logger = configuration.logger
         logger[metadataKey: "kafka-group"] = "\(groupID)"
         self.logger = logger
         var properties = KafkaClient.properties(configuration.settings)
         let reset = startPosition == .latest ? "latest" : "earliest"
-        properties.insert(contentsOf: [
-            ("group.id", groupID),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", reset),
-            ("enable.partition.eof", "false"),
-            ("partition.assignment.strategy", "range,roundrobin"),
-            ("allow.auto.create.topics", "false"),
-        ], at: properties.count - configuration.settings.properties.count)
+        properties.insert(
+            contentsOf: [
+                ("group.id", groupID),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", reset),
+                ("enable.partition.eof", "false"),
+                ("partition.assignment.strategy", "range,roundrobin"),
+                ("allow.auto.create.topics", "false"),
+            ], at: properties.count - configuration.settings.properties.count)
         let conf = try KafkaClient.configuration(properties)
         rd_kafka_conf_set_rebalance_cb(conf) { rk, error, partitions, opaque in
             guard let rk, let partitions, let opaque else { return }
@@ -183,7 +188,9 @@ final class KafkaGroupMember: @unchecked Sendable {
     /// assignment (so that whatever is published after this returns reaches the group).
     func attach(prefetch: Int) async throws(CourierError) -> KafkaSubscription {
         let id = try state.withLock { state throws(CourierError) -> Int in
-            guard !state.machine.isClosing else { throw CourierError(.subscriptionClosed, "the consumer of \(origin) is closing; subscribe again") }
+            guard !state.machine.isClosing else {
+                throw CourierError(.subscriptionClosed, "the consumer of \(origin) is closing; subscribe again")
+            }
             state.nextSubscription += 1
             state.subscriptions[state.nextSubscription] = prefetch
             state.machine.limits.messages = max(bufferedMessages, state.subscriptions.values.reduce(0, +))
@@ -276,7 +283,9 @@ final class KafkaGroupMember: @unchecked Sendable {
     func nack(tag: UInt64, delay: Duration) async throws {
         guard let pending = try settling({ machine throws(CourierError) in try machine.begin(tag) }) else { return }
         guard pending.attempt < options.maxDeliveryAttempts else {
-            try await deadLetter(pending, tag: tag, reason: "delivery attempts exhausted: \(pending.attempt) of \(options.maxDeliveryAttempts)", headers: [:])
+            try await deadLetter(
+                pending, tag: tag, reason: "delivery attempts exhausted: \(pending.attempt) of \(options.maxDeliveryAttempts)", headers: [:]
+            )
             return
         }
         if let retryTopic {
@@ -458,7 +467,9 @@ final class KafkaGroupMember: @unchecked Sendable {
             var size = 0
             while rd_kafka_header_get_all(list, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
                 if let name {
-                    received.add(name: UnsafeRawBufferPointer(start: name, count: strlen(name)), value: UnsafeRawBufferPointer(start: value, count: value == nil ? 0 : size))
+                    received.add(
+                        name: UnsafeRawBufferPointer(start: name, count: strlen(name)),
+                        value: UnsafeRawBufferPointer(start: value, count: value == nil ? 0 : size))
                 }
                 index += 1
             }
@@ -520,7 +531,9 @@ final class KafkaGroupMember: @unchecked Sendable {
         guard error != RD_KAFKA_RESP_ERR_NO_ERROR, error != RD_KAFKA_RESP_ERR__NO_OFFSET else {
             if let list = rd_kafka_event_topic_partition_list(event) {
                 let elements = UnsafeMutableBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt))
-                let confirmed = elements.filter { $0.err == RD_KAFKA_RESP_ERR_NO_ERROR }.map { (position($0.topic, $0.partition), $0.offset) }
+                let confirmed = elements.filter { $0.err == RD_KAFKA_RESP_ERR_NO_ERROR }.map {
+                    (position($0.topic, $0.partition), $0.offset)
+                }
                 state.withLock { state in for (position, offset) in confirmed { state.machine.confirm(position, offset) } }
             }
             rebalanceEnded()
@@ -528,11 +541,13 @@ final class KafkaGroupMember: @unchecked Sendable {
         }
         // librdkafka takes a commit refused for an old generation as a lost assignment; more
         // commits meanwhile would only make it so. The rebalance callback commits instead.
-        let rebalancing = error == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS || error == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION
+        let rebalancing =
+            error == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS || error == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION
             || error == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID
         logger.log(
             level: rebalancing ? .debug : .warning,
-            rebalancing ? "an offset commit met a rebalance; committing on the rebalance callback" : "an offset commit failed; committing again",
+            rebalancing
+                ? "an offset commit met a rebalance; committing on the rebalance callback" : "an offset commit failed; committing again",
             metadata: ["kafka-error": "\(String(cString: rd_kafka_event_error_string(event)))"]
         )
         state.withLock { state in
@@ -605,13 +620,17 @@ final class KafkaGroupMember: @unchecked Sendable {
                 }
             }
             if !unresolved.isEmpty {
-                for (position, start) in resolveStart(rk, unresolved) { starts[position] = .init(offset: start.offset, skipBefore: start.skipBefore) }
+                for (position, start) in resolveStart(rk, unresolved) {
+                    starts[position] = .init(offset: start.offset, skipBefore: start.skipBefore)
+                }
                 // Commit the starting offsets now: from here on the group exists, and what is
                 // published next is kept for it even if this member leaves before reading.
                 let names = topics
                 let commit = PartitionList(capacity: unresolved.count)
                 for position in unresolved {
-                    if let start = starts[position], start.offset >= 0 { commit.add(names[position.topic], position.partition, offset: start.offset) }
+                    if let start = starts[position], start.offset >= 0 {
+                        commit.add(names[position.topic], position.partition, offset: start.offset)
+                    }
                 }
                 if commit.count > 0 { _ = rd_kafka_commit(rk, commit.list, 0) }
             }
@@ -626,7 +645,9 @@ final class KafkaGroupMember: @unchecked Sendable {
         }
         if isCooperative(rk) {
             if let error = rd_kafka_incremental_assign(rk, list.list) {
-                logger.warning("librdkafka refused an incremental assignment", metadata: ["kafka-error": "\(String(cString: rd_kafka_error_string(error)))"])
+                logger.warning(
+                    "librdkafka refused an incremental assignment",
+                    metadata: ["kafka-error": "\(String(cString: rd_kafka_error_string(error)))"])
                 rd_kafka_error_destroy(error)
             }
         } else {
@@ -649,7 +670,9 @@ final class KafkaGroupMember: @unchecked Sendable {
         for position in positions {
             var low: Int64 = 0
             var high: Int64 = 0
-            if rd_kafka_query_watermark_offsets(rk, names[position.topic], position.partition, &low, &high, milliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR {
+            if rd_kafka_query_watermark_offsets(rk, names[position.topic], position.partition, &low, &high, milliseconds)
+                == RD_KAFKA_RESP_ERR_NO_ERROR
+            {
                 watermarks[position] = (low, high)
             }
         }
@@ -717,7 +740,9 @@ final class KafkaGroupMember: @unchecked Sendable {
         rebalanceEnded()
         if isCooperative(rk) {
             if let error = rd_kafka_incremental_unassign(rk, list.list) {
-                logger.warning("librdkafka refused an incremental unassignment", metadata: ["kafka-error": "\(String(cString: rd_kafka_error_string(error)))"])
+                logger.warning(
+                    "librdkafka refused an incremental unassignment",
+                    metadata: ["kafka-error": "\(String(cString: rd_kafka_error_string(error)))"])
                 rd_kafka_error_destroy(error)
             }
         } else {

@@ -346,7 +346,9 @@ struct KafkaMemberState: Sendable {
         guard !isClosing else { return .skipped }
         if case .revoking(let positions) = phase, positions.contains(message.position) { return .skipped }
         let size = message.size
-        guard let track = tracks[message.position], let generation = track.arrive(message.offset, size: size, timestamp: timestamp) else { return .skipped }
+        guard let track = tracks[message.position], let generation = track.arrive(message.offset, size: size, timestamp: timestamp) else {
+            return .skipped
+        }
         var pending = consume message
         pending.generation = generation
         buffered += 1

@@ -81,8 +81,10 @@ import Foundation
     public func url(_ options: String...) -> String {
         let given = options.flatMap { $0.split(separator: "&").map(String.init) }.filter { !$0.isEmpty }
         let names = Set(given.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
-        let base = ["create_topics=auto", "rdkafka.session.timeout.ms=6000", "rdkafka.heartbeat.interval.ms=500", "rdkafka.fetch.wait.max.ms=100"]
-            .filter { !names.contains(String($0.split(separator: "=", maxSplits: 1)[0])) }
+        let base = [
+            "create_topics=auto", "rdkafka.session.timeout.ms=6000", "rdkafka.heartbeat.interval.ms=500", "rdkafka.fetch.wait.max.ms=100",
+        ]
+        .filter { !names.contains(String($0.split(separator: "=", maxSplits: 1)[0])) }
         return "kafka://\(bootstrapServers)?" + (base + given).joined(separator: "&")
     }
 

@@ -21,19 +21,20 @@ final class KafkaProducer: @unchecked Sendable {
     init(settings: KafkaSettings, logger: Logger) throws(CourierError) {
         self.settings = settings
         var properties = KafkaClient.properties(settings)
-        properties.insert(contentsOf: [
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            // No lingering: a publish waits for its delivery report, so a 5 ms linger (librdkafka's
-            // default) is 5 ms or more added to every confirm; concurrent publishes still batch.
-            ("linger.ms", "0"),
-            // One produce request in flight per broker. With 5 (librdkafka's default) and no
-            // linger, injected NOT_LEADER/REQUEST_TIMED_OUT errors on the mock cluster had the
-            // idempotent producer report 4 of 500 messages delivered that the broker never
-            // stored (2 runs of 11); with 1, none in 7. Unverified on a real cluster; see README.
-            ("max.in.flight.requests.per.connection", "1"),
-            ("allow.auto.create.topics", settings.topicCreation == .auto ? "true" : "false"),
-        ], at: properties.count - settings.properties.count)
+        properties.insert(
+            contentsOf: [
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                // No lingering: a publish waits for its delivery report, so a 5 ms linger (librdkafka's
+                // default) is 5 ms or more added to every confirm; concurrent publishes still batch.
+                ("linger.ms", "0"),
+                // One produce request in flight per broker. With 5 (librdkafka's default) and no
+                // linger, injected NOT_LEADER/REQUEST_TIMED_OUT errors on the mock cluster had the
+                // idempotent producer report 4 of 500 messages delivered that the broker never
+                // stored (2 runs of 11); with 1, none in 7. Unverified on a real cluster; see README.
+                ("max.in.flight.requests.per.connection", "1"),
+                ("allow.auto.create.topics", settings.topicCreation == .auto ? "true" : "false"),
+            ], at: properties.count - settings.properties.count)
         let conf = try KafkaClient.configuration(properties)
         rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
             guard let message, let opaque = message.pointee._private else { return }
@@ -79,7 +80,7 @@ final class KafkaProducer: @unchecked Sendable {
                 case RD_KAFKA_RESP_ERR_NO_ERROR where count > 0:
                     return
                 case RD_KAFKA_RESP_ERR_NO_ERROR, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
-                    break // being created; ask again
+                    break  // being created; ask again
                 case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
                     switch settings.topicCreation {
                     case .off:
@@ -97,7 +98,10 @@ final class KafkaProducer: @unchecked Sendable {
                     throw KafkaClient.error(error, "looking up topic \(topic)")
                 }
                 if ContinuousClock.now >= deadline {
-                    throw CourierError(.timeout, "topic \(topic) did not become available within \(timeout); check the cluster's health and the topic's partitions", isRetriable: true)
+                    throw CourierError(
+                        .timeout,
+                        "topic \(topic) did not become available within \(timeout); check the cluster's health and the topic's partitions",
+                        isRetriable: true)
                 }
                 Thread.sleep(forTimeInterval: 0.05)
             }
@@ -106,7 +110,9 @@ final class KafkaProducer: @unchecked Sendable {
     }
 
     /// The partition count of `topic` from a metadata request (blocking).
-    static func partitionCount(_ rk: OpaquePointer, _ rkt: OpaquePointer?, _ topic: String, timeout: Duration) -> (count: Int, error: rd_kafka_resp_err_t) {
+    static func partitionCount(_ rk: OpaquePointer, _ rkt: OpaquePointer?, _ topic: String, timeout: Duration) -> (
+        count: Int, error: rd_kafka_resp_err_t
+    ) {
         guard let rkt else {
             let temporary = rd_kafka_topic_new(rk, topic, nil)
             defer { rd_kafka_topic_destroy(temporary) }
@@ -126,7 +132,9 @@ final class KafkaProducer: @unchecked Sendable {
     /// Creates `topic` with the Admin API (blocking). An existing topic is fine.
     private static func createTopic(_ rk: OpaquePointer, _ topic: String, settings: KafkaSettings, timeout: Duration) throws(CourierError) {
         var error = [CChar](repeating: 0, count: 512)
-        guard let newTopic = rd_kafka_NewTopic_new(topic, Int32(settings.partitions), Int32(settings.replicationFactor), &error, error.count) else {
+        guard
+            let newTopic = rd_kafka_NewTopic_new(topic, Int32(settings.partitions), Int32(settings.replicationFactor), &error, error.count)
+        else {
             throw CourierError(.invalidConfiguration, "cannot create topic \(topic): \(KafkaClient.text(error))")
         }
         defer { rd_kafka_NewTopic_destroy(newTopic) }
@@ -153,7 +161,8 @@ final class KafkaProducer: @unchecked Sendable {
             for index in 0..<count {
                 let topicError = rd_kafka_topic_result_error(results[index])
                 if topicError != RD_KAFKA_RESP_ERR_NO_ERROR && topicError != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS {
-                    let message = rd_kafka_topic_result_error_string(results[index]).map { String(cString: $0) } ?? KafkaClient.describe(topicError)
+                    let message =
+                        rd_kafka_topic_result_error_string(results[index]).map { String(cString: $0) } ?? KafkaClient.describe(topicError)
                     throw CourierError(.brokerRejected, "creating topic \(topic) with \(settings.partitions) partitions: \(message)")
                 }
             }
@@ -208,7 +217,9 @@ final class KafkaProducer: @unchecked Sendable {
         envelope.payload.withUnsafeBytes { payload in
             if var key = envelope.key {
                 return key.withUTF8 { key in
-                    courier_rdk_produce(rk, rkt, courier_rdk_partition_ua(), payload.baseAddress, payload.count, key.baseAddress, key.count, headers, opaque)
+                    courier_rdk_produce(
+                        rk, rkt, courier_rdk_partition_ua(), payload.baseAddress, payload.count, key.baseAddress, key.count, headers, opaque
+                    )
                 }
             }
             return courier_rdk_produce(rk, rkt, courier_rdk_partition_ua(), payload.baseAddress, payload.count, nil, 0, headers, opaque)

@@ -34,7 +34,9 @@ public struct KafkaTopology: Sendable {
     public func declarations(for origin: DeliveryOrigin, settings: KafkaSettings) -> [String] {
         let partitions: String
         switch settings.topicCreation {
-        case .admin: partitions = "created with \(settings.partitions) partitions, replication factor \(settings.replicationFactor < 0 ? "of the broker" : String(settings.replicationFactor))"
+        case .admin:
+            partitions =
+                "created with \(settings.partitions) partitions, replication factor \(settings.replicationFactor < 0 ? "of the broker" : String(settings.replicationFactor))"
         case .auto: partitions = "created by the broker on first use, with its default partitions"
         case .off: partitions = "must exist (create_topics=off)"
         }
@@ -130,7 +132,8 @@ public final class KafkaTransport: Transport {
     public let configuration: Configuration
     public let capabilities: TransportCapabilities
     let producer: KafkaProducer
-    private let state = Mutex<(closed: Bool, members: [DeliveryOrigin: KafkaGroupMember], retired: KafkaConsumerStatistics)>((false, [:], .init()))
+    private let state = Mutex<(closed: Bool, members: [DeliveryOrigin: KafkaGroupMember], retired: KafkaConsumerStatistics)>(
+        (false, [:], .init()))
 
     /// What this transport's consumer-group members did so far (closed ones included): pauses
     /// for back-pressure, revokes, and what rebalances cost.
@@ -181,7 +184,9 @@ public final class KafkaTransport: Transport {
                     let error = rd_kafka_metadata(rk.raw, 0, nil, &metadata, KafkaClient.milliseconds(wait))
                     if let metadata { rd_kafka_metadata_destroy(metadata) }
                     if error == RD_KAFKA_RESP_ERR_NO_ERROR { return }
-                    let transient = error == RD_KAFKA_RESP_ERR__TIMED_OUT || error == RD_KAFKA_RESP_ERR__TRANSPORT || error == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN
+                    let transient =
+                        error == RD_KAFKA_RESP_ERR__TIMED_OUT || error == RD_KAFKA_RESP_ERR__TRANSPORT
+                        || error == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN
                     guard transient else { throw KafkaClient.error(error, "connecting to \(servers)") }
                     if KafkaLogs.brokersDownCount(name) >= 1, ContinuousClock.now - start >= .seconds(1) {
                         throw CourierError(
@@ -272,17 +277,21 @@ public final class KafkaTransport: Transport {
         try DestinationName.validate(group, as: .group)
         try capabilities.check(options)
         let origin = DeliveryOrigin.topic(topic, group: group)
-        return try await attach(origin: origin, groupID: configuration.topology.groupID(topic, group), start: options.startPosition, options: options)
+        return try await attach(
+            origin: origin, groupID: configuration.topology.groupID(topic, group), start: options.startPosition, options: options)
     }
 
     public func consume(queue: String, options: SubscriptionOptions) async throws -> Subscription {
         try DestinationName.validate(queue, as: .queue)
         try capabilities.check(options)
         // A queue keeps commands sent before its first consumer: it starts at the beginning.
-        return try await attach(origin: .queue(queue), groupID: configuration.topology.queueGroupID(queue), start: .earliest, options: options)
+        return try await attach(
+            origin: .queue(queue), groupID: configuration.topology.queueGroupID(queue), start: .earliest, options: options)
     }
 
-    private func attach(origin: DeliveryOrigin, groupID: String, start: StartPosition, options: SubscriptionOptions) async throws -> Subscription {
+    private func attach(origin: DeliveryOrigin, groupID: String, start: StartPosition, options: SubscriptionOptions) async throws
+        -> Subscription
+    {
         try checkOpen("subscribing to \(origin)")
         try await producer.ensureTopic(origin.destination, timeout: configuration.operationTimeout)
         if configuration.settings.retryTopics {
@@ -307,7 +316,9 @@ public final class KafkaTransport: Transport {
     }
 
     /// This transport's member of the group behind `origin`, created on first use.
-    private func member(for origin: DeliveryOrigin, groupID: String, start: StartPosition, options: SubscriptionOptions) throws(CourierError) -> KafkaGroupMember {
+    private func member(for origin: DeliveryOrigin, groupID: String, start: StartPosition, options: SubscriptionOptions)
+        throws(CourierError) -> KafkaGroupMember
+    {
         try state.withLock { state throws(CourierError) -> KafkaGroupMember in
             guard !state.closed else { throw Self.closedError }
             if let member = state.members[origin] { return member }
@@ -376,10 +387,14 @@ public final class KafkaTransport: Transport {
 /// short-lived member joins the group, checks that it was given every partition (nobody else
 /// is reading), commits the new offsets as a member, and leaves.
 enum KafkaRewind {
-    static func commit(configuration: KafkaTransport.Configuration, topic: String, groupID: String, position: StartPosition, description: String) async throws {
+    static func commit(
+        configuration: KafkaTransport.Configuration, topic: String, groupID: String, position: StartPosition, description: String
+    ) async throws {
         let timeout = configuration.operationTimeout
         let joinTimeout = configuration.joinTimeout
-        try await KafkaClient.withShortLivedConsumer(configuration: configuration, groupID: groupID, topic: topic, what: "rewinding \(description)") {
+        try await KafkaClient.withShortLivedConsumer(
+            configuration: configuration, groupID: groupID, topic: topic, what: "rewinding \(description)"
+        ) {
             (rk, partitions) throws(CourierError) in
             let milliseconds = KafkaClient.milliseconds(timeout)
             let subscription = PartitionList(capacity: 1)
@@ -389,7 +404,8 @@ enum KafkaRewind {
             var assigned = 0
             while assigned == 0 {
                 guard ContinuousClock.now < deadline else {
-                    throw CourierError(.timeout, "rewinding \(description): joining the group took longer than \(joinTimeout)", isRetriable: true)
+                    throw CourierError(
+                        .timeout, "rewinding \(description): joining the group took longer than \(joinTimeout)", isRetriable: true)
                 }
                 if let message = rd_kafka_consumer_poll(rk, 100) { rd_kafka_message_destroy(message) }
                 var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
@@ -416,10 +432,13 @@ enum KafkaRewind {
                     let cut = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
                     let query = PartitionList(capacity: 1)
                     query.add(topic, partition, offset: cut)
-                    let found = rd_kafka_offsets_for_times(rk, query.list, milliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR
+                    let found =
+                        rd_kafka_offsets_for_times(rk, query.list, milliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR
                         && query.elements[0].err == RD_KAFKA_RESP_ERR_NO_ERROR
                     guard found else {
-                        throw CourierError(.brokerRejected, "rewinding \(description) to \(date): the broker could not look the time up in partition \(partition)")
+                        throw CourierError(
+                            .brokerRejected,
+                            "rewinding \(description) to \(date): the broker could not look the time up in partition \(partition)")
                     }
                     // No message at or after the time: the partition's end.
                     list.add(topic, partition, offset: query.elements[0].offset >= 0 ? query.elements[0].offset : high)
@@ -436,13 +455,17 @@ enum KafkaRewind {
 enum KafkaBrowse {
     static func read(configuration: KafkaTransport.Configuration, topic: String, groupID: String, limit: Int) async throws -> [Envelope] {
         let timeout = configuration.operationTimeout
-        return try await KafkaClient.withShortLivedConsumer(configuration: configuration, groupID: groupID, topic: topic, what: "browsing \(topic)") {
+        return try await KafkaClient.withShortLivedConsumer(
+            configuration: configuration, groupID: groupID, topic: topic, what: "browsing \(topic)"
+        ) {
             (rk, partitions) throws(CourierError) -> [Envelope] in
             let milliseconds = KafkaClient.milliseconds(timeout)
             let committed = PartitionList(capacity: partitions)
             for partition in 0..<Int32(partitions) { committed.add(topic, partition) }
             let lookup = rd_kafka_committed(rk, committed.list, milliseconds)
-            guard lookup == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(lookup, "browsing \(topic): reading group \(groupID)'s offsets") }
+            guard lookup == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                throw KafkaClient.error(lookup, "browsing \(topic): reading group \(groupID)'s offsets")
+            }
             let assignment = PartitionList(capacity: partitions)
             var ends: [Int32: Int64] = [:]
             for element in committed.elements {

@@ -6,7 +6,7 @@ import Logging
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A message as it arrived on a consumer channel, copied out of librabbitmq's buffers.
@@ -148,7 +148,8 @@ final class AMQPConnection: @unchecked Sendable {
     func perform<T: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws(CourierError) -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             guard !isStopping else {
-                continuation.resume(throwing: CourierError(.transportClosed, "the RabbitMQ connection \(label) was closed; create a new transport"))
+                continuation.resume(
+                    throwing: CourierError(.transportClosed, "the RabbitMQ connection \(label) was closed; create a new transport"))
                 return
             }
             submit { connection in
@@ -201,7 +202,11 @@ final class AMQPConnection: @unchecked Sendable {
         owners.removeAll()
         let (handle, unconfirmed) = machine.finish()
         for entry in unconfirmed {
-            entry.sink.fail(CourierError(.notConfirmed, "\(closed.message) before message \(entry.message.id) was confirmed; publish it again (same id) if it must arrive", isRetriable: true))
+            entry.sink.fail(
+                CourierError(
+                    .notConfirmed,
+                    "\(closed.message) before message \(entry.message.id) was confirmed; publish it again (same id) if it must arrive",
+                    isRetriable: true))
         }
         failCommands()
         if let handle { amqp_destroy_connection(handle) }
@@ -316,7 +321,8 @@ final class AMQPConnection: @unchecked Sendable {
             case AMQP_BASIC_CANCEL_METHOD:
                 // The broker cancelled a consumer (its queue was deleted): reopen it, which
                 // re-declares the queue.
-                var ok = amqp_basic_cancel_ok_t(consumer_tag: method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee.consumer_tag)
+                var ok = amqp_basic_cancel_ok_t(
+                    consumer_tag: method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee.consumer_tag)
                 _ = amqp_send_method(state, channel, AMQP_BASIC_CANCEL_OK_METHOD, &ok)
                 try reopenConsumer(channel, reason: "the broker cancelled the consumer", channelIsOpen: true)
             default:
@@ -382,7 +388,8 @@ final class AMQPConnection: @unchecked Sendable {
             if let certificate = tls.certificateFile, let key = tls.keyFile,
                 amqp_ssl_socket_set_key(socket, certificate, key) != AMQP_STATUS_OK.rawValue
             {
-                throw CourierError(.invalidConfiguration, "could not read the client certificate \(certificate) or key \(key); check certfile and keyfile")
+                throw CourierError(
+                    .invalidConfiguration, "could not read the client certificate \(certificate) or key \(key); check certfile and keyfile")
             }
             amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
             amqp_ssl_socket_set_verify_hostname(socket, tls.verifyPeer ? 1 : 0)
@@ -406,7 +413,8 @@ final class AMQPConnection: @unchecked Sendable {
             )
         }
         let login = courier_amqp_login_plain(
-            state, settings.virtualHost, 0, Int32(clamping: settings.frameMax), Int32(clamping: min(max(0, settings.heartbeatSeconds), 65_535)),
+            state, settings.virtualHost, 0, Int32(clamping: settings.frameMax),
+            Int32(clamping: min(max(0, settings.heartbeatSeconds), 65_535)),
             settings.username, settings.password.revealed
         )
         guard login.reply_type == AMQP_RESPONSE_NORMAL else {
@@ -450,7 +458,9 @@ final class AMQPConnection: @unchecked Sendable {
                     } catch {
                         owners[channel] = nil
                         owner.channelLost(error, final: true)
-                        logger.error("a consumer could not be resumed after the reconnect; its subscription ends", metadata: ["courier-error": "\(error.message)"])
+                        logger.error(
+                            "a consumer could not be resumed after the reconnect; its subscription ends",
+                            metadata: ["courier-error": "\(error.message)"])
                     }
                 }
                 logger.notice(
@@ -460,7 +470,8 @@ final class AMQPConnection: @unchecked Sendable {
                 republishUnconfirmed()
                 return true
             } catch {
-                logger.debug("reconnecting failed; trying again", metadata: ["courier-error": "\(error.message)", "amqp-attempt": "\(attempts)"])
+                logger.debug(
+                    "reconnecting failed; trying again", metadata: ["courier-error": "\(error.message)", "amqp-attempt": "\(attempts)"])
                 let (handle, delay) = machine.reconnectFailed(random: Double.random(in: 0...1))
                 if let handle { amqp_destroy_connection(handle) }
                 expireConfirms()
@@ -553,7 +564,7 @@ final class AMQPConnection: @unchecked Sendable {
             try openChannel(fresh)
             owners[fresh] = owner
             try owner.open(self, channel: fresh, generation: generation)
-        } catch where error.code != .unreachable {
+        } catch  where error.code != .unreachable {
             owners[fresh] = nil
             owner.channelLost(error, final: true)
         }
@@ -610,17 +621,21 @@ final class AMQPConnection: @unchecked Sendable {
 
     /// Runs `declare` once per connection for `key` (declarations are idempotent on the broker;
     /// the cache only saves round trips).
-    func declareOnce(_ key: String, channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void) throws(CourierError) {
+    func declareOnce(
+        _ key: String, channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void
+    ) throws(CourierError) {
         guard machine.needsDeclaration(key) else { return }
         try declareNow(channel: channel, declare)
         machine.declared(key)
     }
 
-    func declareNow(channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void) throws(CourierError) {
+    func declareNow(channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void)
+        throws(CourierError)
+    {
         guard let state else { throw lost("not connected") }
         do throws(CourierError) {
             try declare(state)
-        } catch where error.code == .brokerRejected {
+        } catch  where error.code == .brokerRejected {
             // A refused declaration closed the channel: reopen it so that later work can go on.
             if channel == Self.publishChannel {
                 var ok = amqp_channel_close_ok_t(dummy: 0)
@@ -707,7 +722,8 @@ final class AMQPConnection: @unchecked Sendable {
     }
 
     func lost(_ what: String) -> CourierError {
-        CourierError(.unreachable, "lost the connection to RabbitMQ at \(settings.host):\(settings.port) (\(what)); reconnecting", isRetriable: true)
+        CourierError(
+            .unreachable, "lost the connection to RabbitMQ at \(settings.host):\(settings.port) (\(what)); reconnecting", isRetriable: true)
     }
 
     var connectionState: amqp_connection_state_t? { state }
@@ -718,14 +734,22 @@ final class AMQPConnection: @unchecked Sendable {
     func publish(_ message: OutgoingMessage, sink: ConfirmSink) {
         guard !sink.failed else { return }
         guard !isStopping else {
-            sink.fail(CourierError(.transportClosed, "publishing message \(message.id): the transport was shut down before it was confirmed; publish it again on a new transport"))
+            sink.fail(
+                CourierError(
+                    .transportClosed,
+                    "publishing message \(message.id): the transport was shut down before it was confirmed; publish it again on a new transport"
+                ))
             return
         }
         let pending = PendingPublish(message: message, sink: sink)
         let state: amqp_connection_state_t
         switch machine.publish(pending) {
         case .refuse:
-            sink.fail(CourierError(.transportClosed, "publishing message \(message.id): the transport was shut down before it was confirmed; publish it again on a new transport"))
+            sink.fail(
+                CourierError(
+                    .transportClosed,
+                    "publishing message \(message.id): the transport was shut down before it was confirmed; publish it again on a new transport"
+                ))
             return
         case .held:
             return  // disconnected: it goes out after the reconnect
@@ -734,7 +758,7 @@ final class AMQPConnection: @unchecked Sendable {
         }
         do throws(CourierError) {
             try message.declare?(self)
-        } catch where error.code == .unreachable {
+        } catch  where error.code == .unreachable {
             connectionBroke(error)
             machine.hold(pending)
             return
@@ -764,7 +788,9 @@ final class AMQPConnection: @unchecked Sendable {
             if ok {
                 entry.sink.confirmed()
             } else {
-                entry.sink.fail(CourierError(.notConfirmed, "RabbitMQ refused message \(entry.message.id) (basic.nack); publish it again", isRetriable: true))
+                entry.sink.fail(
+                    CourierError(
+                        .notConfirmed, "RabbitMQ refused message \(entry.message.id) (basic.nack); publish it again", isRetriable: true))
             }
         }
     }
@@ -775,11 +801,12 @@ final class AMQPConnection: @unchecked Sendable {
 
     private func expireConfirms() {
         for entry in machine.expire(now: .now) {
-            entry.sink.fail(CourierError(
-                .notConfirmed,
-                "RabbitMQ did not confirm message \(entry.message.id) within \(confirmTimeout); it may or may not be stored: publish it again (same id) if it must arrive",
-                isRetriable: true
-            ))
+            entry.sink.fail(
+                CourierError(
+                    .notConfirmed,
+                    "RabbitMQ did not confirm message \(entry.message.id) within \(confirmTimeout); it may or may not be stored: publish it again (same id) if it must arrive",
+                    isRetriable: true
+                ))
         }
     }
 }

@@ -204,7 +204,8 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         // A delivery of a lost channel comes again from the broker: nothing to do.
         guard let outstanding = try peek(tag) else { return }
         if outstanding.attempt >= options.maxDeliveryAttempts {
-            try await deadLetter(tag: tag, reason: "delivery attempts exhausted: \(outstanding.attempt) of \(options.maxDeliveryAttempts)", headers: [:])
+            try await deadLetter(
+                tag: tag, reason: "delivery attempts exhausted: \(outstanding.attempt) of \(options.maxDeliveryAttempts)", headers: [:])
             return
         }
         // The copy is confirmed before the original is acked: a crash in between duplicates,
@@ -215,7 +216,8 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
 
     func deadLetter(tag: UInt64, reason: String, headers: [String: String]) async throws {
         guard let outstanding = try peek(tag) else { return }
-        try await transport.deadLetter(outstanding.envelope, reason: reason, origin: origin, attempts: outstanding.attempt, headers: headers)
+        try await transport.deadLetter(
+            outstanding.envelope, reason: reason, origin: origin, attempts: outstanding.attempt, headers: headers)
         try await ack(tag: tag)
     }
 }

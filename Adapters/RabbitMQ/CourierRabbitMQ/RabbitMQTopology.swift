@@ -127,7 +127,8 @@ public struct RabbitMQTopology: Sendable {
     }
 
     private func declare(
-        queue name: String, arguments: [(String, AMQPCodec.Argument)], state: amqp_connection_state_t, connection: AMQPConnection, channel: UInt16
+        queue name: String, arguments: [(String, AMQPCodec.Argument)], state: amqp_connection_state_t, connection: AMQPConnection,
+        channel: UInt16
     ) throws(CourierError) {
         AMQPCodec.withTable(arguments) { table in
             AMQPCodec.withBytes(name) { queue in

@@ -104,7 +104,8 @@ public final class RabbitMQTransport: Transport {
 
     private init(_ configuration: Configuration) {
         self.configuration = configuration
-        self.publisher = AMQPConnection(settings: configuration.settings, label: "publish", confirmTimeout: configuration.confirmTimeout, logger: configuration.logger)
+        self.publisher = AMQPConnection(
+            settings: configuration.settings, label: "publish", confirmTimeout: configuration.confirmTimeout, logger: configuration.logger)
         self.consumer = AMQPConnection(settings: configuration.settings, label: "consume", logger: configuration.logger)
         self.capabilities = TransportCapabilities(
             system: "rabbitmq",
@@ -119,7 +120,9 @@ public final class RabbitMQTransport: Transport {
     private var topology: RabbitMQTopology { configuration.topology }
 
     private func checkOpen(_ what: @autoclosure () -> String) throws(CourierError) {
-        if closed.isSet { throw CourierError(.transportClosed, "\(what()): the transport was shut down; create a new transport to continue") }
+        if closed.isSet {
+            throw CourierError(.transportClosed, "\(what()): the transport was shut down; create a new transport to continue")
+        }
     }
 
     // MARK: Producing
@@ -172,7 +175,8 @@ public final class RabbitMQTransport: Transport {
         _ envelopes: [Envelope], attempt: Int = 1, exchange: String, routingKey: String,
         declare: @escaping (AMQPConnection) throws(CourierError) -> Void
     ) async throws {
-        try await publish(envelopes.map { Self.outgoing($0, attempt: attempt, exchange: exchange, routingKey: routingKey, declare: declare) })
+        try await publish(
+            envelopes.map { Self.outgoing($0, attempt: attempt, exchange: exchange, routingKey: routingKey, declare: declare) })
     }
 
     /// Publishes on the confirm channel and waits for every confirm.
@@ -181,7 +185,8 @@ public final class RabbitMQTransport: Transport {
         let deadline = ContinuousClock.now + configuration.confirmTimeout
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             guard !publisher.isStopping else {
-                continuation.resume(throwing: CourierError(.transportClosed, "publishing: the transport was shut down; create a new transport to continue"))
+                continuation.resume(
+                    throwing: CourierError(.transportClosed, "publishing: the transport was shut down; create a new transport to continue"))
                 return
             }
             let sink = ConfirmSink(count: messages.count, deadline: deadline, continuation: continuation)
@@ -213,7 +218,9 @@ public final class RabbitMQTransport: Transport {
                         AMQPCodec.withBytes(exchange) { exchangeBytes in
                             AMQPCodec.withBytes(routingKey) { routing in
                                 var properties = amqp_basic_properties_t()
-                                properties._flags = amqp_flags_t(AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG)
+                                properties._flags = amqp_flags_t(
+                                    AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG
+                                        | AMQP_BASIC_TIMESTAMP_FLAG)
                                 if contentType != nil {
                                     properties._flags |= amqp_flags_t(AMQP_BASIC_CONTENT_TYPE_FLAG)
                                     properties.content_type = type
@@ -257,7 +264,8 @@ public final class RabbitMQTransport: Transport {
     public func browse(queue: String, limit: Int) async throws -> [Envelope] {
         try DestinationName.validate(queue, as: .queue)
         guard limit > 0 else { return [] }
-        let subscription = try await attach(origin: .queue(queue), options: SubscriptionOptions(prefetch: min(limit, 65_535)), ordered: false)
+        let subscription = try await attach(
+            origin: .queue(queue), options: SubscriptionOptions(prefetch: min(limit, 65_535)), ordered: false)
         return try await Browsing.collect(subscription, limit: limit)
     }
 

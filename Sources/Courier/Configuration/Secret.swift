@@ -2,7 +2,9 @@
 ///
 /// `description`, `debugDescription` and string interpolation show `******`; only
 /// ``revealed`` gives the value, for handing it to the broker.
-public struct Secret: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable, ExpressibleByStringLiteral {
+public struct Secret: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable,
+    ExpressibleByStringLiteral
+{
     private let value: String
 
     /// Wraps `value`.

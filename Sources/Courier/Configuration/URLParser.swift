@@ -24,7 +24,8 @@ struct URLParser {
     private func fail(_ problem: String) -> CourierError {
         var message = "invalid transport URL '\(shown)': \(problem)"
         if misplacedAt {
-            message += " (an '@' follows a '/', '?' or '#': if the password holds '/', '?', '#' or '@', percent-encode them as %2F, %3F, %23 and %40)"
+            message +=
+                " (an '@' follows a '/', '?' or '#': if the password holds '/', '?', '#' or '@', percent-encode them as %2F, %3F, %23 and %40)"
         }
         return CourierError(.invalidURL, message)
     }
@@ -82,25 +83,39 @@ struct URLParser {
             throw fail("unknown scheme \(quote(scheme)); supported: memory, amqp, amqps, kafka")
         }
         if let unknown = options.keys.sorted().first {
-            throw fail("unknown option \(quoteOption(unknown)) for \(scheme.lowercased()) URLs; see the TransportURL documentation for the options")
+            throw fail(
+                "unknown option \(quoteOption(unknown)) for \(scheme.lowercased()) URLs; see the TransportURL documentation for the options"
+            )
         }
         return result
     }
 
     // MARK: Schemes
 
-    private func memory(name: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError) -> MemorySettings {
+    private func memory(name: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError)
+        -> MemorySettings
+    {
         if userInfo != nil { throw fail("memory URLs take no user or password") }
         if !(path.isEmpty || path == "/") { throw fail("memory URLs take no path (\(quote(path)))") }
         var settings = MemorySettings(brokerName: name.isEmpty ? nil : String(name))
         if let brokerName = settings.brokerName, !DestinationName.isValid(brokerName) {
             throw fail("broker name \(quote(name)) must be letters, digits, '.', '_' or '-'")
         }
-        if let value = options.removeValue(forKey: "capacity") { settings.configuration.queueCapacity = try integer("capacity", value, min: 1) }
-        if let value = options.removeValue(forKey: "capacity_bytes") { settings.configuration.queueByteCapacity = try integer("capacity_bytes", value, min: 1) }
-        if let value = options.removeValue(forKey: "retention_bytes") { settings.configuration.retentionBytes = try integer("retention_bytes", value, min: 0) }
-        if let value = options.removeValue(forKey: "retention") { settings.configuration.retention = try integer("retention", value, min: 0) }
-        if let value = options.removeValue(forKey: "max_payload") { settings.configuration.maxPayloadSize = try integer("max_payload", value, min: 0) }
+        if let value = options.removeValue(forKey: "capacity") {
+            settings.configuration.queueCapacity = try integer("capacity", value, min: 1)
+        }
+        if let value = options.removeValue(forKey: "capacity_bytes") {
+            settings.configuration.queueByteCapacity = try integer("capacity_bytes", value, min: 1)
+        }
+        if let value = options.removeValue(forKey: "retention_bytes") {
+            settings.configuration.retentionBytes = try integer("retention_bytes", value, min: 0)
+        }
+        if let value = options.removeValue(forKey: "retention") {
+            settings.configuration.retention = try integer("retention", value, min: 0)
+        }
+        if let value = options.removeValue(forKey: "max_payload") {
+            settings.configuration.maxPayloadSize = try integer("max_payload", value, min: 0)
+        }
         if let value = options.removeValue(forKey: "ordered") { settings.configuration.ordered = try boolean("ordered", value) }
         if let value = options.removeValue(forKey: "overflow") {
             switch value {
@@ -112,7 +127,9 @@ struct URLParser {
         return settings
     }
 
-    private func amqp(tls: Bool, hosts: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError) -> AMQPSettings {
+    private func amqp(tls: Bool, hosts: Substring, userInfo: Substring?, path: Substring, options: inout [String: String])
+        throws(CourierError) -> AMQPSettings
+    {
         var settings = AMQPSettings()
         if tls { settings.tls = TLSSettings() }
         settings.port = tls ? 5671 : 5672
@@ -137,12 +154,20 @@ struct URLParser {
             if encoded.contains("/") { throw fail("the virtual host \(quote(encoded)) contains '/'; percent-encode it as %2F") }
             settings.virtualHost = try decode(encoded, what: "virtual host")
         }
-        if let value = options.removeValue(forKey: "heartbeat") { settings.heartbeatSeconds = try integer("heartbeat", value, min: 0, max: 65535) }
-        if let value = options.removeValue(forKey: "connection_timeout") { settings.connectionTimeoutSeconds = try integer("connection_timeout", value, min: 1, max: 86_400) }
+        if let value = options.removeValue(forKey: "heartbeat") {
+            settings.heartbeatSeconds = try integer("heartbeat", value, min: 0, max: 65535)
+        }
+        if let value = options.removeValue(forKey: "connection_timeout") {
+            settings.connectionTimeoutSeconds = try integer("connection_timeout", value, min: 1, max: 86_400)
+        }
         if let value = options.removeValue(forKey: "prefetch") { settings.prefetch = try integer("prefetch", value, min: 1, max: 65535) }
-        if let value = options.removeValue(forKey: "frame_max") { settings.frameMax = try integer("frame_max", value, min: 4096, max: Int(Int32.max)) }
+        if let value = options.removeValue(forKey: "frame_max") {
+            settings.frameMax = try integer("frame_max", value, min: 4096, max: Int(Int32.max))
+        }
         if let value = options.removeValue(forKey: "queue_type") {
-            guard let type = AMQPSettings.QueueType(rawValue: value) else { throw fail("option queue_type is \(quoteOption(value)); use classic or quorum") }
+            guard let type = AMQPSettings.QueueType(rawValue: value) else {
+                throw fail("option queue_type is \(quoteOption(value)); use classic or quorum")
+            }
             settings.queueType = type
         }
         let tlsSettings = try tlsOptions(&options, scheme: tls ? "amqps" : "amqp", enabled: tls)
@@ -150,7 +175,9 @@ struct URLParser {
         return settings
     }
 
-    private func kafka(hosts: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError) -> KafkaSettings {
+    private func kafka(hosts: Substring, userInfo: Substring?, path: Substring, options: inout [String: String]) throws(CourierError)
+        -> KafkaSettings
+    {
         if !(path.isEmpty || path == "/") { throw fail("kafka URLs take no path (\(quote(path))); topics are named in code") }
         guard !hosts.isEmpty else { throw fail("it names no bootstrap server; write kafka://host:9092[,host2:9092]") }
         var servers: [KafkaSettings.Server] = []
@@ -167,9 +194,13 @@ struct URLParser {
             settings.password = password
         }
         if let value = options.removeValue(forKey: "client_id") { settings.clientID = value }
-        if let value = options.removeValue(forKey: "connection_timeout") { settings.connectionTimeoutSeconds = try integer("connection_timeout", value, min: 1, max: 86_400) }
+        if let value = options.removeValue(forKey: "connection_timeout") {
+            settings.connectionTimeoutSeconds = try integer("connection_timeout", value, min: 1, max: 86_400)
+        }
         if let value = options.removeValue(forKey: "partitions") { settings.partitions = try integer("partitions", value, min: 1) }
-        if let value = options.removeValue(forKey: "replication_factor") { settings.replicationFactor = try integer("replication_factor", value, min: -1) }
+        if let value = options.removeValue(forKey: "replication_factor") {
+            settings.replicationFactor = try integer("replication_factor", value, min: -1)
+        }
         if let value = options.removeValue(forKey: "create_topics") {
             guard let creation = KafkaSettings.TopicCreation(rawValue: value.lowercased()) else {
                 throw fail("option create_topics is \(quoteOption(value)); use admin, auto or off")
@@ -183,7 +214,9 @@ struct URLParser {
         if let value = options.removeValue(forKey: "sasl_mechanism") { settings.saslMechanism = value }
         if let value = options.removeValue(forKey: "security_protocol") {
             let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
-            guard known.contains(value.lowercased()) else { throw fail("option security_protocol is \(quoteOption(value)); use one of \(known.joined(separator: ", "))") }
+            guard known.contains(value.lowercased()) else {
+                throw fail("option security_protocol is \(quoteOption(value)); use one of \(known.joined(separator: ", "))")
+            }
             settings.securityProtocol = value.lowercased()
         }
         let usesTLS = settings.securityProtocol.hasSuffix("ssl")

@@ -98,7 +98,8 @@ public final class InMemoryTransport: Transport {
     public func rewind(topic: String, group: String, to position: StartPosition) async throws {
         try checkOpen("rewinding \(group) on \(topic)")
         guard capabilities.replay else {
-            throw CourierError(.unsupportedCapability, "this in-memory broker retains no history (retention 0); it cannot rewind group \(group)")
+            throw CourierError(
+                .unsupportedCapability, "this in-memory broker retains no history (retention 0); it cannot rewind group \(group)")
         }
         try broker.topic(named: topic).rewind(group: group, to: position)
     }

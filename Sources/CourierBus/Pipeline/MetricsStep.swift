@@ -11,7 +11,11 @@ struct MetricsStep<Message: IntegrationMessage>: HandlingStep {
         let start = ContinuousClock.now
         let outcome = await next(&state)
         let nanoseconds = (ContinuousClock.now - start).nanoseconds
-        if case .failed = outcome { metrics.failed.recordNanoseconds(nanoseconds) } else { metrics.succeeded.recordNanoseconds(nanoseconds) }
+        if case .failed = outcome {
+            metrics.failed.recordNanoseconds(nanoseconds)
+        } else {
+            metrics.succeeded.recordNanoseconds(nanoseconds)
+        }
         return outcome
     }
 }

@@ -117,7 +117,9 @@ struct BusLifecycleTests {
 
     @Test func theEnvironmentVariableIsCourierTransportURL() throws {
         #expect(Transports.environmentName(of: Transports.defaultKey) == "COURIER_TRANSPORT_URL")
-        let environment = EnvironmentVariablesProvider(environmentVariables: ["COURIER_TRANSPORT_URL": "kafka://k1:9092,k2:9092?partitions=6"])
+        let environment = EnvironmentVariablesProvider(environmentVariables: [
+            "COURIER_TRANSPORT_URL": "kafka://k1:9092,k2:9092?partitions=6"
+        ])
         guard case .kafka(let settings) = try Transports.url(from: ConfigReader(provider: environment)) else {
             Issue.record("COURIER_TRANSPORT_URL did not select Kafka")
             return

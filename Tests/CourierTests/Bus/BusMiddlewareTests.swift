@@ -10,7 +10,7 @@ struct TenantMiddleware: BusMiddleware {
 
     func handle(_ message: InboundMessage, next: (InboundMessage) async throws -> Void) async throws {
         guard let tenant = message.envelope.headers["tenant"] else {
-            throw MissingTenant()                     // a NonRetriableError: dead-lettered at once
+            throw MissingTenant()  // a NonRetriableError: dead-lettered at once
         }
         try await Self.$tenant.withValue(tenant) { try await next(message) }
     }
@@ -56,7 +56,7 @@ struct BusMiddlewareTests {
     @Test func aHandleThatThrowsANonRetriableErrorDeadLettersAtOnce() async throws {
         let broker = try InMemoryBroker()
         let plain = MessageBus(transport: InMemoryTransport(broker: broker))
-        try await plain.send(ChargeCard(orderID: 1))   // no tenant header
+        try await plain.send(ChargeCard(orderID: 1))  // no tenant header
         let bus = MessageBus(transport: InMemoryTransport(broker: broker), configuration: .init(middleware: [TenantMiddleware()]))
         let handled = Shared(0)
         try await bus.handle(ChargeCard.self) { _, _ in handled.update { $0 += 1 } }

@@ -11,10 +11,11 @@ import Tracing
 /// (`traceparent`), as an OpenTelemetry tracer does.
 struct W3CRecordingTracer: Tracer {
     typealias Span = InMemorySpan
-    let inner = InMemoryTracer(idGenerator: .init(
-        nextTraceID: { String(format: "%016llx%016llx", UInt64.random(in: 1...UInt64.max), UInt64.random(in: 1...UInt64.max)) },
-        nextSpanID: { String(format: "%016llx", UInt64.random(in: 1...UInt64.max)) }
-    ))
+    let inner = InMemoryTracer(
+        idGenerator: .init(
+            nextTraceID: { String(format: "%016llx%016llx", UInt64.random(in: 1...UInt64.max), UInt64.random(in: 1...UInt64.max)) },
+            nextSpanID: { String(format: "%016llx", UInt64.random(in: 1...UInt64.max)) }
+        ))
 
     func startSpan<Instant: TracerInstant>(
         _ operationName: String, context: @autoclosure () -> ServiceContext, ofKind kind: SpanKind,
@@ -58,7 +59,11 @@ struct BusObservabilityTests {
         try await eventually("every span ended") { tracer.inner.finishedSpans.count == 5 }
         let spans = tracer.inner.finishedSpans
         let names = spans.map(\.operationName)
-        #expect(Set(names) == ["register customer", "customer-registered publish", "customer-registered process", "create-customer send", "create-customer process"])
+        #expect(
+            Set(names) == [
+                "register customer", "customer-registered publish", "customer-registered process", "create-customer send",
+                "create-customer process",
+            ])
         #expect(Set(spans.map(\.traceID)).count == 1, "one trace: \(spans.map { ($0.operationName, $0.traceID) })")
         func span(_ name: String) throws -> FinishedInMemorySpan { try #require(spans.first { $0.operationName == name }) }
         // Each hop's parent is the one before it.
@@ -80,7 +85,9 @@ struct BusObservabilityTests {
         let bus = MessageBus(transport: try InMemoryTransport(), configuration: .init(retryPolicy: .none, tracer: tracer))
         try await bus.handle(ChargeCard.self) { _, _ in throw Flaky() }
         try await bus.send(ChargeCard(orderID: 1))
-        try await eventually("the process span") { tracer.inner.finishedSpans.contains { $0.operationName == "billing.charge-card process" } }
+        try await eventually("the process span") {
+            tracer.inner.finishedSpans.contains { $0.operationName == "billing.charge-card process" }
+        }
         let process = try #require(tracer.inner.finishedSpans.first { $0.operationName == "billing.charge-card process" })
         #expect(process.status?.code == .error)
         #expect(process.errors.count == 1)
@@ -98,7 +105,13 @@ struct BusObservabilityTests {
         try await bus.subscribe(to: OrderPlaced.self, group: "billing") { event, _ in
             // Order 2 fails twice (its first delivery), then works; order 3 always fails.
             if event.orderID == 3 { throw Flaky() }
-            if event.orderID == 2 && failures.update({ $0 += 1; return $0 }) <= 2 { throw Flaky() }
+            if event.orderID == 2
+                && failures.update({
+                    $0 += 1; return $0
+                }) <= 2
+            {
+                throw Flaky()
+            }
         }
         try await bus.publish((1...3).map { OrderPlaced(orderID: $0, customer: "c\($0)") })
         var poison = Envelope(text: "{")
@@ -108,9 +121,13 @@ struct BusObservabilityTests {
             transport.events.filter { if case .acked = $0 { true } else if case .deadLettered = $0 { true } else { false } }.count == 4
         }
         let handling = [("destination", "shop.orders"), ("group", "billing"), ("type", "shop.OrderPlaced.v1")]
-        let published = try metrics.expectCounter(BusMetricName.published, [("destination", "shop.orders"), ("kind", "event"), ("type", "shop.OrderPlaced.v1")])
+        let published = try metrics.expectCounter(
+            BusMetricName.published, [("destination", "shop.orders"), ("kind", "event"), ("type", "shop.OrderPlaced.v1")])
         #expect(published.totalValue == 3)
-        #expect(try metrics.expectTimer(BusMetricName.publishDuration, [("destination", "shop.orders"), ("kind", "event"), ("type", "shop.OrderPlaced.v1")]).values.count == 1)
+        #expect(
+            try metrics.expectTimer(
+                BusMetricName.publishDuration, [("destination", "shop.orders"), ("kind", "event"), ("type", "shop.OrderPlaced.v1")]
+            ).values.count == 1)
         // Deliveries: 1, 2, 3, poison, and the redeliveries of 2 and 3.
         #expect(try metrics.expectCounter(BusMetricName.delivered, handling).totalValue == 6)
         #expect(try metrics.expectCounter(BusMetricName.acked, handling).totalValue == 2)

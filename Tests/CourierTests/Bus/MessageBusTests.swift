@@ -114,7 +114,9 @@ struct MessageBusTests {
             #expect(error.message.contains("CreateCustomer.v1 already has a handler"))
         }
         try await bus.send(CreateCustomer(customerID: "c-1", email: "ada@example.com"))
-        try await bus.send([CreateCustomer(customerID: "c-2", email: "bob@example.com"), CreateCustomer(customerID: "c-3", email: "eve@example.com")])
+        try await bus.send([
+            CreateCustomer(customerID: "c-2", email: "bob@example.com"), CreateCustomer(customerID: "c-3", email: "eve@example.com"),
+        ])
         try await eventually("three commands") { handled().count == 3 }
         try await bus.shutdown()
         await #expect(throws: CourierError.self) { try await bus.handle(ChargeCard.self) { _, _ in } }
@@ -123,7 +125,8 @@ struct MessageBusTests {
     // MARK: Retries and dead letters
 
     @Test func aFailingHandlerIsRetriedAtOnceThenWithBackoffThenDeadLettered() async throws {
-        let policy = RetryPolicy(immediateRetries: 2, delayedRetries: 3, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(60), jitter: 0.2)
+        let policy = RetryPolicy(
+            immediateRetries: 2, delayedRetries: 3, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(60), jitter: 0.2)
         let randoms = Shared<[Double]>([0.0, 0.5, 0.999])
         let (bus, transport) = try makeBus {
             $0.retryPolicy = policy
@@ -179,7 +182,11 @@ struct MessageBusTests {
         let calls = Shared(0)
         try await bus.handle(ChargeCard.self) { _, _ in
             // Fails the first delivery twice (the call and its immediate retry), then works.
-            if calls.update({ $0 += 1; return $0 }) <= 2 { throw Flaky() }
+            if calls.update({
+                $0 += 1; return $0
+            }) <= 2 {
+                throw Flaky()
+            }
         }
         try await bus.send(ChargeCard(orderID: 1))
         try await eventually("the ack") { transport.events.contains { if case .acked = $0 { true } else { false } } }
@@ -387,7 +394,10 @@ struct MessageBusTests {
     @Test func theTransformerAcksTheEventOnlyAfterItsCommandsAreConfirmed() async throws {
         let (bus, transport) = try makeBus()
         try await bus.transform(CustomerRegistered.self, group: "marketing-transformer") { event, _ in
-            [.send(CreateCustomer(customerID: event.customerID, email: event.email)), .publish(CustomerCreated(customerID: event.customerID))]
+            [
+                .send(CreateCustomer(customerID: event.customerID, email: event.email)),
+                .publish(CustomerCreated(customerID: event.customerID)),
+            ]
         }
         transport.holdSends()
         let event = CustomerRegistered(customerID: "c-1", email: "ada@example.com")
@@ -431,7 +441,8 @@ struct MessageBusTests {
             try await bus.subscribe(to: OrderPlaced.self, group: "bad group!") { _, _ in }
         }
         await #expect(throws: CourierError.self) {
-            try await bus.subscribe(to: OrderPlaced.self, group: "g", options: HandlerOptions(retryPolicy: RetryPolicy(delayedRetries: -1))) { _, _ in }
+            try await bus.subscribe(to: OrderPlaced.self, group: "g", options: HandlerOptions(retryPolicy: RetryPolicy(delayedRetries: -1)))
+            { _, _ in }
         }
         try await bus.shutdown()
     }

@@ -17,9 +17,12 @@ struct PipelineTests {
         func deadLetter(tag: UInt64, reason: String, headers: [String: String]) async throws {}
     }
 
-    static let metrics = HandlerMetrics(destination: "billing.charge-card", group: nil, type: ChargeCard.messageType, factory: NOOPMetricsHandler.instance)
+    static let metrics = HandlerMetrics(
+        destination: "billing.charge-card", group: nil, type: ChargeCard.messageType, factory: NOOPMetricsHandler.instance)
 
-    static func state(payload: String = #"{"orderID":7}"#, type: String? = ChargeCard.messageType, attempt: Int = 1) -> HandlingState<ChargeCard> {
+    static func state(payload: String = #"{"orderID":7}"#, type: String? = ChargeCard.messageType, attempt: Int = 1) -> HandlingState<
+        ChargeCard
+    > {
         var envelope = Envelope(payload: Array(payload.utf8))
         envelope.type = type
         envelope.contentType = "application/json"
@@ -57,9 +60,15 @@ struct PipelineTests {
         let step = DecodeStep<ChargeCard>(serializer: JSONMessageSerializer(), metrics: Self.metrics, messageType: ChargeCard.messageType)
         let calls = Calls()
         var other = Self.state(type: "Refund.v1")
-        #expect(Self.isDeadLetter(await step.run(&other) { _ in calls.next(.handled) }, counter: Self.metrics.deadLetteredAsUnknown, containing: "unknown message type Refund.v1"))
+        #expect(
+            Self.isDeadLetter(
+                await step.run(&other) { _ in calls.next(.handled) }, counter: Self.metrics.deadLetteredAsUnknown,
+                containing: "unknown message type Refund.v1"))
         var poison = Self.state(payload: "not json")
-        #expect(Self.isDeadLetter(await step.run(&poison) { _ in calls.next(.handled) }, counter: Self.metrics.deadLetteredAsPoison, containing: "cannot be decoded"))
+        #expect(
+            Self.isDeadLetter(
+                await step.run(&poison) { _ in calls.next(.handled) }, counter: Self.metrics.deadLetteredAsPoison,
+                containing: "cannot be decoded"))
         var xml = Self.state()
         xml.envelope.contentType = "application/xml"
         #expect(Self.isDeadLetter(await step.run(&xml) { _ in calls.next(.handled) }, containing: "content type application/xml"))
@@ -113,7 +122,8 @@ struct PipelineTests {
     }
 
     @Test func delayedRetryTurnsAFailureIntoARedeliveryWhileAttemptsRemain() async {
-        let policy = RetryPolicy(immediateRetries: 0, delayedRetries: 2, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(60), jitter: 0)
+        let policy = RetryPolicy(
+            immediateRetries: 0, delayedRetries: 2, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(60), jitter: 0)
         let step = DelayedRetryStep<ChargeCard>(policy: policy, random: { 0.5 })
         var second = Self.state(attempt: 2)
         guard case .retryLater(let delay, _) = await step.run(&second, next: { _ in .failed(Flaky(), calls: 1) }) else {
@@ -122,9 +132,13 @@ struct PipelineTests {
         }
         #expect(delay == .seconds(2))
         var last = Self.state(attempt: 3)
-        guard case .failed = await step.run(&last, next: { _ in .failed(Flaky(), calls: 1) }) else { Issue.record("the last attempt was retried"); return }
+        guard case .failed = await step.run(&last, next: { _ in .failed(Flaky(), calls: 1) }) else {
+            Issue.record("the last attempt was retried"); return
+        }
         var fatal = Self.state(attempt: 1)
-        guard case .failed = await step.run(&fatal, next: { _ in .failed(Unfixable(), calls: 1) }) else { Issue.record("a non-retriable error was retried"); return }
+        guard case .failed = await step.run(&fatal, next: { _ in .failed(Unfixable(), calls: 1) }) else {
+            Issue.record("a non-retriable error was retried"); return
+        }
     }
 
     @Test func deadLetterStepSaysWhyWithTheErrorsTypeAndText() async {
@@ -171,11 +185,16 @@ struct PipelineTests {
     @Test func aMiddlewareThatThrowsFailsTheCallOneThatCatchesHandlesIt() async {
         var state = Self.state()
         let calls = Calls()
-        guard case .failed(let error, _) = await MiddlewareStep<ChargeCard>(middleware: Refuse(), index: 0).run(&state, next: { _ in calls.next(.handled) }),
+        guard
+            case .failed(let error, _) = await MiddlewareStep<ChargeCard>(middleware: Refuse(), index: 0).run(
+                &state, next: { _ in calls.next(.handled) }),
             error is Unfixable
         else { Issue.record("the middleware's error was lost"); return }
         #expect(calls.value == 0)
-        guard case .handled = await MiddlewareStep<ChargeCard>(middleware: Swallow(), index: 0).run(&state, next: { _ in calls.next(.failed(Flaky(), calls: 1)) }) else {
+        guard
+            case .handled = await MiddlewareStep<ChargeCard>(middleware: Swallow(), index: 0).run(
+                &state, next: { _ in calls.next(.failed(Flaky(), calls: 1)) })
+        else {
             Issue.record("a caught failure was not handled")
             return
         }
@@ -184,7 +203,9 @@ struct PipelineTests {
     // MARK: Order
 
     @Test func theStepsRunInTheDocumentedOrder() async throws {
-        let bus = MessageBus(transport: try InMemoryTransport(), configuration: .init(deduplication: InMemoryDeduplicationStore(), middleware: [Stamp(), Swallow()]))
+        let bus = MessageBus(
+            transport: try InMemoryTransport(),
+            configuration: .init(deduplication: InMemoryDeduplicationStore(), middleware: [Stamp(), Swallow()]))
         let handling = Handling<ChargeCard>(
             bus: bus, policy: RetryPolicy(), scope: "q", deduplication: InMemoryDeduplicationStore(), metrics: Self.metrics,
             logger: Logger(label: "test"), handler: { _, _ in }
