@@ -524,7 +524,7 @@ struct Handling<M: IntegrationMessage>: Sendable {
     let policy: RetryPolicy
     let metrics: HandlerMetrics
     let logger: Logger
-    let pipeline: HandlingPipeline<M>
+    let pipeline: HandlingPipeline
     /// `M.messageType`, worked out once (it parses the type's name).
     let messageType = M.messageType
 
@@ -537,10 +537,10 @@ struct Handling<M: IntegrationMessage>: Sendable {
         self.metrics = metrics
         self.logger = logger
         let configuration = bus.configuration
-        var steps: [any HandlingStep<M>] = [
+        var steps: [any HandlingStep] = [
             DeadLetterStep(policy: policy, metrics: metrics),
             DelayedRetryStep(policy: policy, random: configuration.random),
-            DecodeStep(serializer: configuration.serializer, metrics: metrics, messageType: M.messageType),
+            DecodeStep<M>(serializer: configuration.serializer, metrics: metrics, messageType: M.messageType),
         ]
         if let deduplication { steps.append(DeduplicationStep(store: deduplication, scope: scope, metrics: metrics)) }
         steps += [
@@ -549,14 +549,14 @@ struct Handling<M: IntegrationMessage>: Sendable {
             MetricsStep(metrics: metrics),
         ]
         for (index, middleware) in configuration.middleware.enumerated() {
-            steps.append(MiddlewareStep(middleware: middleware, index: index))
+            steps.append(MiddlewareStep(middleware: middleware, index: index, messageType: M.messageType))
         }
         pipeline = HandlingPipeline(steps: steps) { [bus] state in
             let context = MessageContext(
                 envelope: state.envelope, attempt: state.delivery.attempt, immediateRetry: state.immediateRetry,
                 origin: state.delivery.origin, logger: state.logger, bus: bus
             )
-            guard let message = state.message else { return .failed(CourierError(.decodingFailed, "no decoded message"), calls: 1) }
+            guard let message = state.message as? M else { return .failed(CourierError(.decodingFailed, "no decoded message"), calls: 1) }
             do {
                 try await ServiceContext.withValue(state.traceContext ?? ServiceContext.current ?? .topLevel) {
                     try await MessageContext.$current.withValue(context) {
@@ -585,7 +585,7 @@ struct Handling<M: IntegrationMessage>: Sendable {
         logger.handler.metadata = metadata
         metrics.delivered.increment()
 
-        var state = HandlingState<M>(delivery: delivery, logger: logger)
+        var state = HandlingState(delivery: delivery, logger: logger)
         switch await pipeline.run(&state) {
         case .handled, .alreadyHandled:
             await ack(delivery, logger: logger)

@@ -3,14 +3,13 @@ import Courier
 /// Dead-letter: a failure that no step before has turned into a retry — a
 /// ``NonRetriableError``, or the last attempt — goes to the dead-letter queue with the error's
 /// type and text in its headers.
-struct DeadLetterStep<Message: IntegrationMessage>: HandlingStep {
+struct DeadLetterStep: HandlingStep {
     let policy: RetryPolicy
     let metrics: HandlerMetrics
 
     var name: String { "dead-letter" }
 
-    func run(_ state: inout HandlingState<Message>, next: (inout HandlingState<Message>) async -> Outcome) async -> Outcome {
-        let outcome = await next(&state)
+    func leave(_ state: inout HandlingState, _ outcome: Outcome) async -> Outcome {
         guard case .failed(let failure, let calls) = outcome else { return outcome }
         let description = ErrorText.describe(failure)
         let why =

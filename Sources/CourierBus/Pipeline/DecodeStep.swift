@@ -11,7 +11,7 @@ struct DecodeStep<Message: IntegrationMessage>: HandlingStep {
 
     var name: String { "decode" }
 
-    func run(_ state: inout HandlingState<Message>, next: (inout HandlingState<Message>) async -> Outcome) async -> Outcome {
+    func enter(_ state: inout HandlingState) async -> Outcome? {
         let envelope = state.envelope
         if let type = envelope.type, type != messageType {
             return .deadLetter(
@@ -42,7 +42,7 @@ struct DecodeStep<Message: IntegrationMessage>: HandlingStep {
                 )
             )
         }
-        return await next(&state)
+        return nil
     }
 
     static func sameMediaType(_ a: String, _ b: String) -> Bool {

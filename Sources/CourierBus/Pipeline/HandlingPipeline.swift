@@ -28,18 +28,25 @@ struct DeadLetterReason: Sendable {
     var counter: Counter
 }
 
-/// One delivery on its way through the pipeline: what the steps learn about it.
-struct HandlingState<Message: IntegrationMessage>: Sendable {
+/// One delivery on its way through the pipeline: what the steps learn about it. Not generic
+/// over the message type: a value of a generic type held across the steps' suspension points
+/// cost an allocation per step and message.
+struct HandlingState: Sendable {
     let delivery: Delivery
     /// The envelope the handler gets (middlewares may change it).
     var envelope: Envelope
     var logger: Logger
-    /// Set by the decode step.
-    var message: Message?
-    /// The tracing step's span context, for the handler calls.
+    /// Set by the decode step (the registration's contract type).
+    var message: (any Sendable)?
+    /// The tracing step's span, and its context for the handler calls.
+    var span: (any Span)?
     var traceContext: ServiceContext?
     /// Set by the immediate-retry step.
     var immediateRetry = 0
+    /// Calls of the steps after the immediate-retry step so far, for the dead-letter reason.
+    var calls = 0
+    /// When the current handler call started (the metrics step).
+    var callStarted: ContinuousClock.Instant?
 
     init(delivery: Delivery, logger: Logger) {
         self.delivery = delivery
@@ -48,31 +55,86 @@ struct HandlingState<Message: IntegrationMessage>: Sendable {
     }
 }
 
-/// A named step of the inbound pipeline: it runs around the steps after it (`next`), and may
-/// decide the outcome without calling them.
-protocol HandlingStep<Message>: Sendable {
-    associatedtype Message: IntegrationMessage
+/// A named step of the inbound pipeline. It runs around the steps after it, in three hooks
+/// the pipeline calls in turn (no step calls the next, so a delivery's async frames stay
+/// shallow: nested steps cost an allocation each per message):
+/// - ``enter(_:)`` before them: `nil` goes on, an outcome decides without them;
+/// - ``again(_:after:)`` after them: `true` runs them once more (immediate retries);
+/// - ``leave(_:_:)`` with their outcome: what this step makes of it.
+/// A step that must wrap the steps after it in a scope (a task-local, a user's middleware)
+/// implements ``around(_:next:)`` instead.
+protocol HandlingStep: Sendable {
     /// The step's name, as the documentation lists it.
     var name: String { get }
-    func run(
-        _ state: inout HandlingState<Message>, next: (inout HandlingState<Message>) async -> Outcome
-    ) async -> Outcome
+    func enter(_ state: inout HandlingState) async -> Outcome?
+    func again(_ state: inout HandlingState, after outcome: Outcome) -> Bool
+    func leave(_ state: inout HandlingState, _ outcome: Outcome) async -> Outcome
+    /// Whether the step wraps the steps after it with ``around(_:next:)``.
+    var wraps: Bool { get }
+    func around(_ state: inout HandlingState, next: HandlingNext) async -> Outcome
+}
+
+extension HandlingStep {
+    func enter(_ state: inout HandlingState) async -> Outcome? { nil }
+    func again(_ state: inout HandlingState, after outcome: Outcome) -> Bool { false }
+    func leave(_ state: inout HandlingState, _ outcome: Outcome) async -> Outcome { outcome }
+    var wraps: Bool { false }
+    func around(_ state: inout HandlingState, next: HandlingNext) async -> Outcome { await next(&state) }
+}
+
+/// The steps after a wrapping step, for it to call (`await next(&state)`).
+struct HandlingNext: Sendable {
+    let pipeline: HandlingPipeline
+    let index: Int
+
+    func callAsFunction(_ state: inout HandlingState) async -> Outcome {
+        await pipeline.run(from: index, &state)
+    }
 }
 
 /// The ordered steps, outermost first, and the handler call at the end.
-struct HandlingPipeline<Message: IntegrationMessage>: Sendable {
-    let steps: [any HandlingStep<Message>]
-    let terminal: @Sendable (inout HandlingState<Message>) async -> Outcome
+struct HandlingPipeline: Sendable {
+    let steps: [any HandlingStep]
+    let terminal: @Sendable (inout HandlingState) async -> Outcome
 
     var names: [String] { steps.map(\.name) }
 
-    func run(_ state: inout HandlingState<Message>) async -> Outcome {
+    func run(_ state: inout HandlingState) async -> Outcome {
         await run(from: 0, &state)
     }
 
-    private func run(from index: Int, _ state: inout HandlingState<Message>) async -> Outcome {
-        guard index < steps.count else { return await terminal(&state) }
-        return await steps[index].run(&state) { state in await run(from: index + 1, &state) }
+    /// Runs the steps from `start` on: their `enter` hooks in order until one decides (or a
+    /// wrapping step takes over the rest), the handler, then their `again` and `leave` hooks
+    /// in reverse order.
+    func run(from start: Int, _ state: inout HandlingState) async -> Outcome {
+        var index = start
+        var outcome: Outcome?
+        while index < steps.count {
+            let step = steps[index]
+            if step.wraps {
+                outcome = await step.around(&state, next: HandlingNext(pipeline: self, index: index + 1))
+                break
+            }
+            if let decided = await step.enter(&state) {
+                outcome = decided
+                break
+            }
+            index += 1
+        }
+        var result: Outcome
+        if let outcome {
+            result = outcome
+        } else {
+            result = await terminal(&state)
+        }
+        // `index` decided (or wrapped the rest): the steps before it leave, innermost first.
+        while index > start {
+            index -= 1
+            let step = steps[index]
+            while step.again(&state, after: result) { result = await run(from: index + 1, &state) }
+            result = await step.leave(&state, result)
+        }
+        return result
     }
 }
 

@@ -1,15 +1,19 @@
 import Courier
 
 /// A user's ``BusMiddleware`` around each call of the steps after it (the handler).
-struct MiddlewareStep<Message: IntegrationMessage>: HandlingStep {
+struct MiddlewareStep: HandlingStep {
     let middleware: any BusMiddleware
     let index: Int
+    /// The contract's type name the handler takes.
+    let messageType: String
 
     var name: String { "middleware \(index + 1) (\(Swift.type(of: middleware)))" }
 
-    func run(_ state: inout HandlingState<Message>, next: (inout HandlingState<Message>) async -> Outcome) async -> Outcome {
+    var wraps: Bool { true }
+
+    func around(_ state: inout HandlingState, next: HandlingNext) async -> Outcome {
         let message = InboundMessage(
-            envelope: state.envelope, messageType: Message.messageType, attempt: state.delivery.attempt,
+            envelope: state.envelope, messageType: messageType, attempt: state.delivery.attempt,
             immediateRetry: state.immediateRetry, origin: state.delivery.origin, logger: state.logger
         )
         var inner: Outcome?

@@ -4,14 +4,14 @@ import Tracing
 /// Tracing: one `process` span (OpenTelemetry messaging conventions) around every call of
 /// the handler, continuing the trace the publisher injected into the headers; failures are
 /// recorded on it.
-struct TracingStep<Message: IntegrationMessage>: HandlingStep {
+struct TracingStep: HandlingStep {
     let tracer: any Tracer
     /// The transport's system name (`rabbitmq`, `kafka`, `memory`).
     let system: String
 
     var name: String { "tracing" }
 
-    func run(_ state: inout HandlingState<Message>, next: (inout HandlingState<Message>) async -> Outcome) async -> Outcome {
+    func enter(_ state: inout HandlingState) async -> Outcome? {
         let envelope = state.envelope
         let origin = state.delivery.origin
         var traceContext = ServiceContext.topLevel
@@ -24,8 +24,13 @@ struct TracingStep<Message: IntegrationMessage>: HandlingStep {
         span.attributes["messaging.message.id"] = envelope.id
         span.attributes["messaging.message.conversation_id"] = envelope.correlationID ?? envelope.id
         span.attributes["courier.attempt"] = state.delivery.attempt
+        state.span = span
         state.traceContext = span.context
-        let outcome = await next(&state)
+        return nil
+    }
+
+    func leave(_ state: inout HandlingState, _ outcome: Outcome) async -> Outcome {
+        guard let span = state.span else { return outcome }
         switch outcome {
         case .failed(let error, _), .abandoned(let error):
             span.recordError(error)
@@ -34,6 +39,7 @@ struct TracingStep<Message: IntegrationMessage>: HandlingStep {
             break
         }
         span.end()
+        state.span = nil
         return outcome
     }
 }

@@ -20,9 +20,7 @@ struct PipelineTests {
     static let metrics = HandlerMetrics(
         destination: "billing.charge-card", group: nil, type: ChargeCard.messageType, factory: NOOPMetricsHandler.instance)
 
-    static func state(payload: String = #"{"orderID":7}"#, type: String? = ChargeCard.messageType, attempt: Int = 1) -> HandlingState<
-        ChargeCard
-    > {
+    static func state(payload: String = #"{"orderID":7}"#, type: String? = ChargeCard.messageType, attempt: Int = 1) -> HandlingState {
         var envelope = Envelope(payload: Array(payload.utf8))
         envelope.type = type
         envelope.contentType = "application/json"
@@ -51,7 +49,9 @@ struct PipelineTests {
         var state = Self.state()
         let step = DecodeStep<ChargeCard>(serializer: JSONMessageSerializer(), metrics: Self.metrics, messageType: ChargeCard.messageType)
         let calls = Calls()
-        let outcome = await step.run(&state) { state in calls.next(state.message == ChargeCard(orderID: 7) ? .handled : .alreadyHandled) }
+        let outcome = await step.run(&state) { state in
+            calls.next((state.message as? ChargeCard) == ChargeCard(orderID: 7) ? .handled : .alreadyHandled)
+        }
         guard case .handled = outcome else { Issue.record("decoded message not passed on: \(outcome)"); return }
         #expect(calls.value == 1)
     }
@@ -79,7 +79,7 @@ struct PipelineTests {
 
     @Test func deduplicationSkipsWhatWasHandledAndRecordsOnlySuccess() async {
         let store = InMemoryDeduplicationStore()
-        let step = DeduplicationStep<ChargeCard>(store: store, scope: "q", metrics: Self.metrics)
+        let step = DeduplicationStep(store: store, scope: "q", metrics: Self.metrics)
         let calls = Calls()
         var failing = Self.state()
         _ = await step.run(&failing) { _ in calls.next(.failed(Flaky(), calls: 1)) }
@@ -98,7 +98,7 @@ struct PipelineTests {
     // MARK: Retries and dead-letter
 
     @Test func immediateRetriesRunTheNextStepsAgainUntilTheyPass() async {
-        let step = ImmediateRetryStep<ChargeCard>(retries: 3, metrics: Self.metrics)
+        let step = ImmediateRetryStep(retries: 3, metrics: Self.metrics)
         let calls = Calls()
         var state = Self.state()
         let outcome = await step.run(&state) { state in calls.next(state.immediateRetry < 2 ? .failed(Flaky(), calls: 1) : .handled) }
@@ -108,7 +108,7 @@ struct PipelineTests {
     }
 
     @Test func immediateRetriesStopAtTheLimitAndAtANonRetriableError() async {
-        let step = ImmediateRetryStep<ChargeCard>(retries: 2, metrics: Self.metrics)
+        let step = ImmediateRetryStep(retries: 2, metrics: Self.metrics)
         let flaky = Calls()
         var state = Self.state()
         guard case .failed(_, let calls) = await step.run(&state, next: { _ in flaky.next(.failed(Flaky(), calls: 1)) }) else {
@@ -124,7 +124,7 @@ struct PipelineTests {
     @Test func delayedRetryTurnsAFailureIntoARedeliveryWhileAttemptsRemain() async {
         let policy = RetryPolicy(
             immediateRetries: 0, delayedRetries: 2, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(60), jitter: 0)
-        let step = DelayedRetryStep<ChargeCard>(policy: policy, random: { 0.5 })
+        let step = DelayedRetryStep(policy: policy, random: { 0.5 })
         var second = Self.state(attempt: 2)
         guard case .retryLater(let delay, _) = await step.run(&second, next: { _ in .failed(Flaky(), calls: 1) }) else {
             Issue.record("attempt 2 of 3 was not retried")
@@ -142,7 +142,7 @@ struct PipelineTests {
     }
 
     @Test func deadLetterStepSaysWhyWithTheErrorsTypeAndText() async {
-        let step = DeadLetterStep<ChargeCard>(policy: RetryPolicy(immediateRetries: 1, delayedRetries: 2), metrics: Self.metrics)
+        let step = DeadLetterStep(policy: RetryPolicy(immediateRetries: 1, delayedRetries: 2), metrics: Self.metrics)
         var state = Self.state(attempt: 3)
         let outcome = await step.run(&state) { _ in .failed(Flaky(), calls: 2) }
         guard case .deadLetter(let reason) = outcome else { Issue.record("\(outcome)"); return }
@@ -173,26 +173,27 @@ struct PipelineTests {
     @Test func aMiddlewareChangesWhatTheNextStepsSee() async {
         var state = Self.state()
         state.immediateRetry = 1
-        let step = MiddlewareStep<ChargeCard>(middleware: Stamp(), index: 0)
-        let seen = Mutex<String?>(nil)
+        let step = MiddlewareStep(middleware: Stamp(), index: 0, messageType: ChargeCard.messageType)
+        let seen = Shared<String?>(nil)
         _ = await step.run(&state) { state in
-            seen.withLock { $0 = state.envelope.headers["stamped"] }
+            let stamped = state.envelope.headers["stamped"]
+            seen.update { $0 = stamped }
             return .handled
         }
-        #expect(seen.withLock { $0 } == "1")
+        #expect(seen() == "1")
     }
 
     @Test func aMiddlewareThatThrowsFailsTheCallOneThatCatchesHandlesIt() async {
         var state = Self.state()
         let calls = Calls()
         guard
-            case .failed(let error, _) = await MiddlewareStep<ChargeCard>(middleware: Refuse(), index: 0).run(
+            case .failed(let error, _) = await MiddlewareStep(middleware: Refuse(), index: 0, messageType: ChargeCard.messageType).run(
                 &state, next: { _ in calls.next(.handled) }),
             error is Unfixable
         else { Issue.record("the middleware's error was lost"); return }
         #expect(calls.value == 0)
         guard
-            case .handled = await MiddlewareStep<ChargeCard>(middleware: Swallow(), index: 0).run(
+            case .handled = await MiddlewareStep(middleware: Swallow(), index: 0, messageType: ChargeCard.messageType).run(
                 &state, next: { _ in calls.next(.failed(Flaky(), calls: 1)) })
         else {
             Issue.record("a caught failure was not handled")
@@ -217,5 +218,15 @@ struct PipelineTests {
             ]
         )
         try await bus.shutdown()
+    }
+}
+
+extension HandlingStep {
+    /// Runs the step as the pipeline does, with `next` standing for the steps after it.
+    func run(
+        _ state: inout HandlingState, next: @escaping @Sendable (inout HandlingState) async -> Outcome
+    ) async -> Outcome {
+        let pipeline = HandlingPipeline(steps: [self], terminal: next)
+        return await pipeline.run(&state)
     }
 }
