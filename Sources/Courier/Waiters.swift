@@ -31,35 +31,42 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
         public let id: Int
         /// What it waits as, e.g. the consumer it is for.
         public let tag: Tag
-        let continuation: UnsafeContinuation<Value, any Error>
+        @usableFromInline let continuation: UnsafeContinuation<Value, any Error>
+
+        @usableFromInline
+        init(id: Int, tag: Tag, continuation: UnsafeContinuation<Value, any Error>) {
+            self.id = id
+            self.tag = tag
+            self.continuation = continuation
+        }
 
         /// Resumes the task with `value`.
-        public func resume(returning value: sending Value) { continuation.resume(returning: value) }
+        @inlinable public func resume(returning value: sending Value) { continuation.resume(returning: value) }
         /// Resumes the task by throwing `error`.
-        public func resume(throwing error: any Error) { continuation.resume(throwing: error) }
+        @inlinable public func resume(throwing error: any Error) { continuation.resume(throwing: error) }
         /// Resumes the task with `result`.
-        public func resume(with result: sending Result<Value, any Error>) { continuation.resume(with: result) }
+        @inlinable public func resume(with result: sending Result<Value, any Error>) { continuation.resume(with: result) }
     }
 
-    private var queue = Deque<Waiter>()
+    @usableFromInline var queue = Deque<Waiter>()
     /// Tasks cancelled before they registered.
-    private var cancelled = Set<Int>()
-    private var lastID = 0
+    @usableFromInline var cancelled = Set<Int>()
+    @usableFromInline var lastID = 0
 
     /// No waiters.
     public init() {}
 
     /// Whether no task waits.
-    public var isEmpty: Bool { queue.isEmpty }
+    @inlinable public var isEmpty: Bool { queue.isEmpty }
     /// How many tasks wait.
-    public var count: Int { queue.count }
+    @inlinable public var count: Int { queue.count }
     /// The task that has waited longest, left waiting.
-    public var first: Waiter? { queue.first }
+    @inlinable public var first: Waiter? { queue.first }
     /// The waiting tasks' tags, first come first.
     public var tags: [Tag] { queue.map(\.tag) }
 
     /// Takes the task that has waited longest.
-    public mutating func popFirst() -> Waiter? { queue.popFirst() }
+    @inlinable public mutating func popFirst() -> Waiter? { queue.popFirst() }
 
     /// Takes the task that has waited longest among those whose tag passes `predicate`.
     public mutating func popFirst(where predicate: (Tag) -> Bool) -> Waiter? {
@@ -69,7 +76,7 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
 
     /// Puts back a task taken with ``popFirst()`` or ``popFirst(where:)`` that could not be
     /// served after all, ahead of the others.
-    public mutating func putBack(_ waiter: Waiter) { queue.prepend(waiter) }
+    @inlinable public mutating func putBack(_ waiter: Waiter) { queue.prepend(waiter) }
 
     /// Takes every task whose tag passes `predicate`, first come first.
     public mutating func removeAll(where predicate: (Tag) -> Bool) -> [Waiter] {
@@ -90,12 +97,14 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
 
     // MARK: The steps of a wait (internal: `wait` runs them in order)
 
+    @usableFromInline
     mutating func makeID() -> Int {
         lastID &+= 1
         return lastID
     }
 
     /// Registers the task `id`; `false` (not registered) when it was cancelled first.
+    @usableFromInline
     mutating func register(_ id: Int, tag: Tag, _ continuation: UnsafeContinuation<Value, any Error>) -> Bool {
         guard cancelled.remove(id) == nil else { return false }
         queue.append(Waiter(id: id, tag: tag, continuation: continuation))
@@ -104,6 +113,7 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
 
     /// The task `id` was cancelled: its waiter if it is registered (resume it), else the
     /// cancellation is remembered for its registration.
+    @usableFromInline
     mutating func cancel(_ id: Int) -> Waiter? {
         if let index = queue.firstIndex(where: { $0.id == id }) { return queue.remove(at: index) }
         cancelled.insert(id)
@@ -111,6 +121,7 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
     }
 
     /// Forgets a cancellation whose task finished without registering.
+    @usableFromInline
     mutating func forget(_ id: Int) { cancelled.remove(id) }
 
     /// Waits for a value under `mutex`: `attempt` runs under the lock and gives the value, or
@@ -120,6 +131,7 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
     /// (for a close whose caller frees what the waited-for work still uses). `attempt` runs
     /// once more, under the lock, just before registering, so nothing that arrives between
     /// the two is missed.
+    @inlinable
     public static func wait<State: Sendable>(
         in mutex: borrowing Mutex<State>,
         _ waiters: WritableKeyPath<State, Waiters>,
@@ -161,18 +173,20 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
 }
 
 /// How a wait starts: with a result at once, or registering as `wait(id)`.
-private enum WaitStart<Value: Sendable> {
+@usableFromInline
+enum WaitStart<Value: Sendable> {
     case done(Result<Value, any Error>)
     case wait(Int)
 }
 
 extension Waiters.Waiter where Value == Void {
     /// Resumes a task that waits for nothing but its turn.
-    public func resume() { continuation.resume(returning: ()) }
+    @inlinable public func resume() { continuation.resume(returning: ()) }
 }
 
 extension Waiters where Tag == Void {
     /// ``wait(in:_:tag:cancelled:attempt:)`` for waiters without a tag.
+    @inlinable
     public static func wait<State: Sendable>(
         in mutex: borrowing Mutex<State>,
         _ waiters: WritableKeyPath<State, Waiters>,
