@@ -59,8 +59,8 @@ final class AMQPConnection: @unchecked Sendable {
     // Thread-confined.
     /// Connected or not (and the librabbitmq handle only while it exists), the reconnect
     /// backoff, the publishes waiting for confirms, the declarations made.
-    private var machine = AMQPConnectionStateMachine<amqp_connection_state_t, PendingPublish>()
-    private var state: amqp_connection_state_t? { machine.handle }
+    private var machine = AMQPConnectionStateMachine<AMQPClient, PendingPublish>()
+    private var state: AMQPClient? { machine.handle }
     /// Counts the connections made; deliveries and acks of an older one are void.
     var generation: UInt64 { machine.generation }
     private var owners: [UInt16: any AMQPChannelOwner] = [:]
@@ -79,7 +79,7 @@ final class AMQPConnection: @unchecked Sendable {
         logger[metadataKey: "amqp-broker"] = "\(settings.host):\(settings.port)"
         self.logger = logger
         self.confirmTimeout = confirmTimeout
-        self.wakeFD = courier_wake_fd()
+        self.wakeFD = AMQPClient.makeWakeFD()
     }
 
     deinit {
@@ -97,7 +97,7 @@ final class AMQPConnection: @unchecked Sendable {
                     try self.connect()
                 } catch {
                     continuation.resume(throwing: error)
-                    if let handle = self.machine.finish().handle { amqp_destroy_connection(handle) }
+                    self.machine.finish().handle?.destroy()
                     self.finish()
                     return
                 }
@@ -193,9 +193,7 @@ final class AMQPConnection: @unchecked Sendable {
         if state != nil && failure == nil {
             try? runCommands()
             flushAcks()
-            if let state {
-                _ = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
-            }
+            state?.close()
         }
         let closed = CourierError(.transportClosed, "the RabbitMQ connection \(label) was closed")
         for (_, owner) in owners { owner.channelLost(closed, final: true) }
@@ -209,7 +207,7 @@ final class AMQPConnection: @unchecked Sendable {
                     isRetriable: true))
         }
         failCommands()
-        if let handle { amqp_destroy_connection(handle) }
+        handle?.destroy()
         finish()
     }
 
@@ -239,13 +237,12 @@ final class AMQPConnection: @unchecked Sendable {
         guard let state else { throw lost("no connection") }
         var handled = 0
         while handled < 512 {
-            if amqp_frames_enqueued(state) == 0 && amqp_data_in_buffer(state) == 0 {
+            if !state.hasBufferedInput {
                 if handled > 0 || !commands.withLock({ $0.isEmpty }) { return }
                 if !waitForInput() { return }
             }
             var frame = amqp_frame_t()
-            var zero = timeval(tv_sec: 0, tv_usec: 0)
-            let status = amqp_simple_wait_frame_noblock(state, &frame, &zero)
+            let status = state.nextFrame(&frame)
             if status == AMQP_STATUS_TIMEOUT.rawValue { return }
             guard status == AMQP_STATUS_OK.rawValue else { throw lost(status) }
             try handle(frame)
@@ -266,7 +263,7 @@ final class AMQPConnection: @unchecked Sendable {
         defer { sleeping.store(false, ordering: .releasing) }
         if !commands.withLock({ $0.isEmpty }) || isStopping { return false }
         var fds = [
-            pollfd(fd: amqp_get_sockfd(state), events: Int16(POLLIN), revents: 0),
+            pollfd(fd: state.socket, events: Int16(POLLIN), revents: 0),
             pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
         ]
         _ = poll(&fds, 2, timeout)
@@ -310,20 +307,17 @@ final class AMQPConnection: @unchecked Sendable {
             case AMQP_CHANNEL_CLOSE_METHOD:
                 let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
                 let text = AMQPCodec.string(close.reply_text)
-                var ok = amqp_channel_close_ok_t(dummy: 0)
-                _ = amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+                state?.channelCloseOK(channel)
                 try channelClosedByBroker(channel, code: close.reply_code, text: text)
             case AMQP_CONNECTION_CLOSE_METHOD:
                 let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
-                var ok = amqp_connection_close_ok_t(dummy: 0)
-                _ = amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
+                state?.connectionCloseOK()
                 throw lost("the broker closed the connection: \(close.reply_code) \(AMQPCodec.string(close.reply_text))")
             case AMQP_BASIC_CANCEL_METHOD:
                 // The broker cancelled a consumer (its queue was deleted): reopen it, which
                 // re-declares the queue.
-                var ok = amqp_basic_cancel_ok_t(
-                    consumer_tag: method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee.consumer_tag)
-                _ = amqp_send_method(state, channel, AMQP_BASIC_CANCEL_OK_METHOD, &ok)
+                let cancel = method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee
+                state?.cancelOK(channel, consumerTag: cancel.consumer_tag)
                 try reopenConsumer(channel, reason: "the broker cancelled the consumer", channelIsOpen: true)
             default:
                 break
@@ -363,7 +357,7 @@ final class AMQPConnection: @unchecked Sendable {
         default:
             break
         }
-        amqp_maybe_release_buffers_on_channel(state, channel)
+        state?.releaseBuffers(channel: channel)
     }
 
     private func complete(_ channel: UInt16) {
@@ -375,69 +369,21 @@ final class AMQPConnection: @unchecked Sendable {
     // MARK: Connecting
 
     private func connect() throws(CourierError) {
-        guard let state = amqp_new_connection() else { throw CourierError(.unreachable, "librabbitmq could not allocate a connection") }
-        var ok = false
-        defer { if !ok { amqp_destroy_connection(state) } }
-        let socket: OpaquePointer?
-        if let tls = settings.tls {
-            socket = amqp_ssl_socket_new(state)
-            guard let socket else { throw CourierError(.unreachable, "librabbitmq could not create a TLS socket") }
-            if let ca = tls.caCertificateFile, amqp_ssl_socket_set_cacert(socket, ca) != AMQP_STATUS_OK.rawValue {
-                throw CourierError(.invalidConfiguration, "could not read the CA certificate file \(ca); check the cacertfile option")
-            }
-            if let certificate = tls.certificateFile, let key = tls.keyFile,
-                amqp_ssl_socket_set_key(socket, certificate, key) != AMQP_STATUS_OK.rawValue
-            {
-                throw CourierError(
-                    .invalidConfiguration, "could not read the client certificate \(certificate) or key \(key); check certfile and keyfile")
-            }
-            amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
-            amqp_ssl_socket_set_verify_hostname(socket, tls.verifyPeer ? 1 : 0)
-        } else {
-            socket = amqp_tcp_socket_new(state)
-        }
-        guard let socket else { throw CourierError(.unreachable, "librabbitmq could not create a socket") }
-        let connectionTimeout = min(max(1, settings.connectionTimeoutSeconds), 86_400)
-        var timeout = timeval(tv_sec: connectionTimeout, tv_usec: 0)
-        let opened = amqp_socket_open_noblock(socket, settings.host, Int32(clamping: settings.port), &timeout)
-        // No RPC may block the thread forever (a broker that accepts TCP but never answers).
-        var rpcTimeout = timeval(tv_sec: max(30, connectionTimeout * 3), tv_usec: 0)
-        _ = amqp_set_rpc_timeout(state, &rpcTimeout)
-        var handshakeTimeout = timeval(tv_sec: connectionTimeout, tv_usec: 0)
-        _ = amqp_set_handshake_timeout(state, &handshakeTimeout)
-        guard opened == AMQP_STATUS_OK.rawValue else {
-            throw CourierError(
-                .unreachable,
-                "cannot reach RabbitMQ at \(settings.host):\(settings.port) (\(String(cString: amqp_error_string2(opened)))); check that the broker runs and the URL \(settings) is right",
-                isRetriable: true
-            )
-        }
-        let login = courier_amqp_login_plain(
-            state, settings.virtualHost, 0, Int32(clamping: settings.frameMax),
-            Int32(clamping: min(max(0, settings.heartbeatSeconds), 65_535)),
-            settings.username, settings.password.revealed
-        )
-        guard login.reply_type == AMQP_RESPONSE_NORMAL else {
-            throw Self.loginError(login, settings: settings)
-        }
-        machine.connected(state)
-        ok = true
+        machine.connected(try AMQPClient.connect(settings))
         try openPublisher()
     }
 
     private func openPublisher() throws(CourierError) {
         guard let state else { throw lost("no connection") }
-        _ = amqp_channel_open(state, Self.publishChannel)
-        try check(amqp_get_rpc_reply(state), "opening the publishing channel")
-        _ = amqp_confirm_select(state, Self.publishChannel)
-        try check(amqp_get_rpc_reply(state), "enabling publisher confirms")
+        try check(state.openChannel(Self.publishChannel), "opening the publishing channel")
+        try check(state.confirmSelect(Self.publishChannel), "enabling publisher confirms")
         machine.publisherOpened()
     }
 
     /// Called when the connection is found broken: consumers learn their deliveries are void.
     private func connectionLost(_ error: CourierError) {
         if !isStopping { logger.warning("lost the connection to RabbitMQ; reconnecting", metadata: ["courier-error": "\(error.message)"]) }
-        if let handle = machine.lost() { amqp_destroy_connection(handle) }
+        machine.lost()?.destroy()
         assembling.removeAll()
         ackTrackers.removeAll()
         for (_, owner) in owners { owner.channelLost(error, final: false) }
@@ -473,7 +419,7 @@ final class AMQPConnection: @unchecked Sendable {
                 logger.debug(
                     "reconnecting failed; trying again", metadata: ["courier-error": "\(error.message)", "amqp-attempt": "\(attempts)"])
                 let (handle, delay) = machine.reconnectFailed(random: Double.random(in: 0...1))
-                if let handle { amqp_destroy_connection(handle) }
+                handle?.destroy()
                 expireConfirms()
                 let deadline = ContinuousClock.now + delay
                 while ContinuousClock.now < deadline && !isStopping {
@@ -507,7 +453,7 @@ final class AMQPConnection: @unchecked Sendable {
     /// A channel number not in use, cycling through the whole range before reusing one: frames
     /// of a closed channel that librabbitmq queued during an RPC must never reach a new owner.
     private func allocateChannel() -> UInt16 {
-        let negotiated = Int(amqp_get_channel_max(state))
+        let negotiated = state?.channelMax ?? 0
         let maximum = UInt16(clamping: negotiated == 0 ? 65535 : max(3, negotiated))
         repeat {
             nextChannel = nextChannel >= maximum ? 2 : nextChannel + 1
@@ -526,13 +472,12 @@ final class AMQPConnection: @unchecked Sendable {
 
     private func openChannel(_ channel: UInt16) throws(CourierError) {
         guard let state else { throw lost("not connected") }
-        _ = amqp_channel_open(state, channel)
-        try check(amqp_get_rpc_reply(state), "opening channel \(channel)")
+        try check(state.openChannel(channel), "opening channel \(channel)")
     }
 
     private func closeChannel(_ channel: UInt16) {
         guard let state else { return }
-        let reply = amqp_channel_close(state, channel, AMQP_REPLY_SUCCESS)
+        let reply = state.closeChannel(channel)
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION { connectionBroke(lost(reply.library_error)) }
     }
 
@@ -606,11 +551,11 @@ final class AMQPConnection: @unchecked Sendable {
             }
             tracker.outstanding.removeFirst()
         }
-        if let highest, amqp_basic_ack(state, channel, highest, 1) != AMQP_STATUS_OK.rawValue {
+        if let highest, !state.ack(channel, tag: highest, multiple: true) {
             connectionBroke(lost("acking on channel \(channel)"))
         }
         for tag in tracker.acked {
-            if amqp_basic_ack(state, channel, tag, 0) != AMQP_STATUS_OK.rawValue { connectionBroke(lost("acking on channel \(channel)")) }
+            if !state.ack(channel, tag: tag, multiple: false) { connectionBroke(lost("acking on channel \(channel)")) }
             tracker.sent.insert(tag)
         }
         tracker.acked.removeAll(keepingCapacity: true)
@@ -622,14 +567,14 @@ final class AMQPConnection: @unchecked Sendable {
     /// Runs `declare` once per connection for `key` (declarations are idempotent on the broker;
     /// the cache only saves round trips).
     func declareOnce(
-        _ key: String, channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void
+        _ key: String, channel: UInt16 = AMQPConnection.publishChannel, _ declare: (AMQPClient) throws(CourierError) -> Void
     ) throws(CourierError) {
         guard machine.needsDeclaration(key) else { return }
         try declareNow(channel: channel, declare)
         machine.declared(key)
     }
 
-    func declareNow(channel: UInt16 = AMQPConnection.publishChannel, _ declare: (amqp_connection_state_t) throws(CourierError) -> Void)
+    func declareNow(channel: UInt16 = AMQPConnection.publishChannel, _ declare: (AMQPClient) throws(CourierError) -> Void)
         throws(CourierError)
     {
         guard let state else { throw lost("not connected") }
@@ -638,8 +583,7 @@ final class AMQPConnection: @unchecked Sendable {
         } catch  where error.code == .brokerRejected {
             // A refused declaration closed the channel: reopen it so that later work can go on.
             if channel == Self.publishChannel {
-                var ok = amqp_channel_close_ok_t(dummy: 0)
-                _ = amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+                state.channelCloseOK(channel)
                 machine.publisherClosed()
                 try openPublisher()
                 republishUnconfirmed()
@@ -654,71 +598,14 @@ final class AMQPConnection: @unchecked Sendable {
         case AMQP_RESPONSE_NORMAL:
             return
         case AMQP_RESPONSE_SERVER_EXCEPTION:
-            throw CourierError(.brokerRejected, "RabbitMQ refused \(what): \(Self.describe(reply))")
+            throw CourierError(.brokerRejected, "RabbitMQ refused \(what): \(AMQPClient.describe(reply))")
         default:
-            throw lost("\(what): \(Self.describe(reply))")
-        }
-    }
-
-    /// What a failed login means. Only the broker's own refusal (`connection.close` 403
-    /// ACCESS_REFUSED, which RabbitMQ sends because librabbitmq announces
-    /// `authentication_failure_close`) is an authentication failure; an unknown virtual host or
-    /// missing permission on it (530 NOT_ALLOWED) is a configuration error; a socket closed or
-    /// timed out before the broker's reply is a connection failure worth retrying (a broker
-    /// starting or stopping, a proxy, or a server that is not RabbitMQ).
-    static func loginError(_ login: amqp_rpc_reply_t, settings: AMQPSettings) -> CourierError {
-        let detail = describe(login)
-        let server = "RabbitMQ at \(settings.host):\(settings.port)"
-        if login.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION, login.reply.id == AMQP_CONNECTION_CLOSE_METHOD {
-            let code = login.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee.reply_code
-            switch Int32(code) {
-            case AMQP_ACCESS_REFUSED:
-                return CourierError(
-                    .authenticationFailed,
-                    "\(server) refused user '\(settings.username)' (\(detail)); check the user name and password"
-                )
-            case AMQP_NOT_ALLOWED:
-                return CourierError(
-                    .invalidConfiguration,
-                    "\(server) does not let user '\(settings.username)' use virtual host '\(settings.virtualHost)' (\(detail)); create it (rabbitmqctl add_vhost) and grant permissions (rabbitmqctl set_permissions), or fix the URL's path"
-                )
-            default:
-                break
-            }
-        }
-        return CourierError(
-            .unreachable,
-            "\(server) closed or dropped the connection before answering the login (\(detail)); check that the broker has started and that this is its AMQP port, not another server's",
-            isRetriable: true
-        )
-    }
-
-    static func describe(_ reply: amqp_rpc_reply_t) -> String {
-        switch reply.reply_type {
-        case AMQP_RESPONSE_NORMAL:
-            return "ok"
-        case AMQP_RESPONSE_NONE:
-            return "no reply"
-        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-            return String(cString: amqp_error_string2(reply.library_error))
-        case AMQP_RESPONSE_SERVER_EXCEPTION:
-            switch reply.reply.id {
-            case AMQP_CONNECTION_CLOSE_METHOD:
-                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
-                return "\(close.reply_code) \(AMQPCodec.string(close.reply_text))"
-            case AMQP_CHANNEL_CLOSE_METHOD:
-                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-                return "\(close.reply_code) \(AMQPCodec.string(close.reply_text))"
-            default:
-                return "server method \(reply.reply.id)"
-            }
-        default:
-            return "unknown reply"
+            throw lost("\(what): \(AMQPClient.describe(reply))")
         }
     }
 
     func lost(_ status: Int32) -> CourierError {
-        lost(String(cString: amqp_error_string2(status)))
+        lost(AMQPClient.errorText(status))
     }
 
     func lost(_ what: String) -> CourierError {
@@ -726,7 +613,7 @@ final class AMQPConnection: @unchecked Sendable {
             .unreachable, "lost the connection to RabbitMQ at \(settings.host):\(settings.port) (\(what)); reconnecting", isRetriable: true)
     }
 
-    var connectionState: amqp_connection_state_t? { state }
+    var connectionState: AMQPClient? { state }
 
     // MARK: Publishing
 
@@ -742,7 +629,7 @@ final class AMQPConnection: @unchecked Sendable {
             return
         }
         let pending = PendingPublish(message: message, sink: sink)
-        let state: amqp_connection_state_t
+        let state: AMQPClient
         switch machine.publish(pending) {
         case .refuse:
             sink.fail(
@@ -817,7 +704,7 @@ struct OutgoingMessage: @unchecked Sendable {
     /// Declares the destination (cached per connection); runs on the connection's thread.
     var declare: ((AMQPConnection) throws(CourierError) -> Void)?
     /// Sends `basic.publish`; returns librabbitmq's status.
-    var send: (amqp_connection_state_t, UInt16) -> Int32
+    var send: (AMQPClient, UInt16) -> Int32
 }
 
 /// Collects the confirms of one `publish` call (one or many messages) and resumes the caller

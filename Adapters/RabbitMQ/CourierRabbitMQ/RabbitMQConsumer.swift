@@ -76,12 +76,8 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         case .queue(let queue):
             try topology.declareQueue(topology.commandQueue(queue), on: connection, channel: channel)
         }
-        _ = amqp_basic_qos(amqp, channel, 0, UInt16(clamping: options.prefetch), 0)
-        try connection.check(amqp_get_rpc_reply(amqp), "setting prefetch on \(origin)")
-        AMQPCodec.withBytes(topology.queue(for: origin)) { queue in
-            _ = amqp_basic_consume(amqp, channel, queue, amqp_empty_bytes, 0, 0, 0, amqp_empty_table)
-        }
-        try connection.check(amqp_get_rpc_reply(amqp), "consuming \(origin)")
+        try connection.check(amqp.qos(channel, prefetch: options.prefetch), "setting prefetch on \(origin)")
+        try connection.check(amqp.consume(channel, queue: topology.queue(for: origin)), "consuming \(origin)")
         state.withLock { state in
             state.channel = channel
             state.generation += 1

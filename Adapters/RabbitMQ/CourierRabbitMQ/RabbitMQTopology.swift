@@ -77,12 +77,7 @@ public struct RabbitMQTopology: Sendable {
 
     func declareExchange(_ name: String, on connection: AMQPConnection, channel: UInt16) throws(CourierError) {
         try connection.declareOnce("exchange:\(name)", channel: channel) { state throws(CourierError) in
-            AMQPCodec.withBytes(name) { exchange in
-                AMQPCodec.withBytes("fanout") { type in
-                    _ = amqp_exchange_declare(state, channel, exchange, type, 0, 1, 0, 0, amqp_empty_table)
-                }
-            }
-            try connection.check(amqp_get_rpc_reply(state), "declaring exchange \(name)")
+            try connection.check(state.exchangeDeclare(channel, name: name, type: "fanout"), "declaring exchange \(name)")
         }
     }
 
@@ -99,12 +94,9 @@ public struct RabbitMQTopology: Sendable {
         try declareExchange(exchangeName, on: connection, channel: channel)
         try declareQueue(queueName, on: connection, channel: channel)
         try connection.declareOnce("binding:\(queueName)<-\(exchangeName)", channel: channel) { state throws(CourierError) in
-            AMQPCodec.withBytes(queueName) { queue in
-                AMQPCodec.withBytes(exchangeName) { exchange in
-                    _ = amqp_queue_bind(state, channel, queue, exchange, amqp_empty_bytes, amqp_empty_table)
-                }
-            }
-            try connection.check(amqp_get_rpc_reply(state), "binding queue \(queueName) to exchange \(exchangeName)")
+            try connection.check(
+                state.queueBind(channel, queue: queueName, exchange: exchangeName), "binding queue \(queueName) to exchange \(exchangeName)"
+            )
         }
     }
 
@@ -127,14 +119,9 @@ public struct RabbitMQTopology: Sendable {
     }
 
     private func declare(
-        queue name: String, arguments: [(String, AMQPCodec.Argument)], state: amqp_connection_state_t, connection: AMQPConnection,
+        queue name: String, arguments: [(String, AMQPCodec.Argument)], state: AMQPClient, connection: AMQPConnection,
         channel: UInt16
     ) throws(CourierError) {
-        AMQPCodec.withTable(arguments) { table in
-            AMQPCodec.withBytes(name) { queue in
-                _ = amqp_queue_declare(state, channel, queue, 0, 1, 0, 0, table)
-            }
-        }
-        try connection.check(amqp_get_rpc_reply(state), "declaring queue \(name)")
+        try connection.check(state.queueDeclare(channel, name: name, arguments: arguments), "declaring queue \(name)")
     }
 }

@@ -231,7 +231,8 @@ public final class RabbitMQTransport: Transport {
                                 properties.timestamp = seconds
                                 return body.withUnsafeBytes { raw in
                                     let bytes = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
-                                    return amqp_basic_publish(state, channel, exchangeBytes, routing, 0, 0, &properties, bytes)
+                                    return state.publish(
+                                        channel, exchange: exchangeBytes, routingKey: routing, properties: &properties, body: bytes)
                                 }
                             }
                         }
