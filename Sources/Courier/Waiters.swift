@@ -91,6 +91,7 @@ public struct Waiters<Value: Sendable, Tag: Sendable>: Sendable {
 
     /// Takes every task (for a close), first come first.
     public mutating func removeAll() -> [Waiter] {
+        guard !queue.isEmpty else { return [] }
         defer { queue.removeAll() }
         return Array(queue)
     }

@@ -170,7 +170,8 @@ final class HandlerDispatcher: Sendable {
         }
         let idle = state.withLock { state in
             state.running.removeValue(forKey: worker)
-            return state.running.isEmpty ? state.idleWaiters.removeAll() : []
+            // Only a stop waits here: nothing to take on the per-message path otherwise.
+            return state.running.isEmpty && !state.idleWaiters.isEmpty ? state.idleWaiters.removeAll() : []
         }
         for waiter in idle { waiter.resume() }
     }

@@ -401,8 +401,8 @@ public final class MessageBus: Sendable {
     }
 
     private func waitUntilClosed() async {
-        // A cancelled wait ends early; the close itself goes on.
-        _ = try? await Waiters.wait(in: state, \.closeWaiters, cancelled: .success(())) { state in
+        // Not cancellable: a cancelled run starts a shutdown with no deadline (below), which ends this.
+        _ = try? await Waiters.wait(in: state, \.closeWaiters, cancelled: nil) { state in
             state.closed ? .success(()) : nil
         }
     }
@@ -422,8 +422,7 @@ extension MessageBus: Service {
         } onCancel: {
             Task { try? await self.shutdown(deadline: .zero) }
         }
-        // A cancelled run stops waiting at once; its shutdown has no deadline either way.
-        if Task.isCancelled { try await shutdown(deadline: .zero) } else { try await shutdown() }
+        try await shutdown()
     }
 }
 
@@ -608,17 +607,11 @@ struct Handling<M: IntegrationMessage>: Sendable {
             return nil
         case .deadLetter(let reason):
             return deadLettering(delivery, reason, logger: logger)
-        case .failed(let error, _):
-            // The dead-letter step turns every failure into a decision; kept total regardless.
-            let description = ErrorText.describe(error)
+        case .failed(let error, let calls):
+            // Unreachable: the dead-letter step, outermost, turns every failure into a decision.
             return deadLettering(
-                delivery,
-                DeadLetterReason(
-                    reason: "the handler failed: \(description)", errorType: ErrorText.typeName(of: error), errorMessage: description,
-                    counter: metrics.deadLetteredByHandler
-                ),
-                logger: logger
-            )
+                delivery, DeadLetterStep.reason(for: error, calls: calls, attempt: delivery.attempt, policy: policy, metrics: metrics),
+                logger: logger)
         }
     }
 

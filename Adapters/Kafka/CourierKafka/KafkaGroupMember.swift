@@ -197,19 +197,13 @@ final class KafkaGroupMember: @unchecked Sendable {
             return state.nextSubscription
         }
         let subscription = KafkaSubscription(member: self, id: id)
-        // A subscribe cancelled while the group forms ends as a closed subscription.
-        let cancelled = CourierError(.subscriptionClosed, "subscribing to \(origin) was cancelled while the group formed")
-        let failure: CourierError?
-        do {
-            failure = try await Waiters.wait(in: state, \.joinWaiters, cancelled: .success(cancelled)) { state in
-                if state.machine.joined { return .success(nil) }
-                if state.machine.phase == .closed { return .success(state.failure ?? KafkaTransport.closedError) }
-                return nil
-            }
-        } catch {
-            failure = cancelled
+        // Not cancellable (as before): the join ends with the first assignment, a close or the join timeout.
+        let failure = try? await Waiters.wait(in: state, \.joinWaiters, cancelled: nil) { state -> Result<CourierError?, any Error>? in
+            if state.machine.joined { return .success(nil) }
+            if state.machine.phase == .closed { return .success(state.failure ?? KafkaTransport.closedError) }
+            return nil
         }
-        if let failure {
+        if let failure {  // never throws: not cancellable, and the attempt never fails
             await detach(subscription)
             throw failure
         }
@@ -241,8 +235,8 @@ final class KafkaGroupMember: @unchecked Sendable {
         }
         for waiter in ended { waiter.resume(returning: nil) }
         rd_kafka_queue_yield(queue)
-        // A cancelled close stops waiting; the member's thread finishes the close regardless.
-        _ = try? await Waiters.wait(in: state, \.closeWaiters, cancelled: .success(())) { state in
+        // Not cancellable (as before): returns once the member's thread has destroyed the consumer.
+        _ = try? await Waiters.wait(in: state, \.closeWaiters, cancelled: nil) { state in
             state.machine.phase == .closed ? .success(()) : nil
         }
     }

@@ -11,16 +11,19 @@ struct DeadLetterStep: HandlingStep {
 
     func leave(_ state: inout HandlingState, _ outcome: Outcome) async -> Outcome {
         guard case .failed(let failure, let calls) = outcome else { return outcome }
+        return .deadLetter(Self.reason(for: failure, calls: calls, attempt: state.delivery.attempt, policy: policy, metrics: metrics))
+    }
+
+    /// Why a handler's failure goes to the dead-letter queue, with the error's type and text.
+    static func reason(for failure: any Error, calls: Int, attempt: Int, policy: RetryPolicy, metrics: HandlerMetrics) -> DeadLetterReason {
         let description = ErrorText.describe(failure)
         let why =
             failure is any NonRetriableError
             ? "the handler failed with a non-retriable error"
-            : "the handler failed \(calls) times on attempt \(state.delivery.attempt) (of \(policy.delayedRetries + 1))"
-        return .deadLetter(
-            DeadLetterReason(
-                reason: "\(why): \(description)", errorType: ErrorText.typeName(of: failure), errorMessage: description,
-                counter: metrics.deadLetteredByHandler
-            )
+            : "the handler failed \(calls) times on attempt \(attempt) (of \(policy.delayedRetries + 1))"
+        return DeadLetterReason(
+            reason: "\(why): \(description)", errorType: ErrorText.typeName(of: failure), errorMessage: description,
+            counter: metrics.deadLetteredByHandler
         )
     }
 }
