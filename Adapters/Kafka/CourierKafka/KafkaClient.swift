@@ -4,8 +4,9 @@ import Foundation
 import Logging
 import Synchronization
 
-/// Building librdkafka handles from ``KafkaSettings``, and the helpers every part of the
-/// adapter shares: error text, and running a blocking librdkafka call on a thread of our own.
+/// What every part of the adapter shares: librdkafka properties from ``KafkaSettings``,
+/// Courier errors from librdkafka's codes, and running blocking calls (``RDKafkaClient``) on a
+/// thread of our own.
 enum KafkaClient {
     /// The librdkafka properties for `settings`: servers, client id, security, then the
     /// pass-through properties (which win).
@@ -33,86 +34,30 @@ enum KafkaClient {
         return properties
     }
 
-    /// A new configuration object holding `properties`; the caller passes it to `rd_kafka_new`
-    /// (which takes ownership) or destroys it.
-    static func configuration(_ properties: [(String, String)]) throws(CourierError) -> OpaquePointer {
-        let conf = rd_kafka_conf_new()!
-        var error = [CChar](repeating: 0, count: 512)
-        for (key, value) in properties {
-            if rd_kafka_conf_set(conf, key, value, &error, error.count) != RD_KAFKA_CONF_OK {
-                rd_kafka_conf_destroy(conf)
-                let shown = key.contains("password") || key.contains("secret") ? "******" : value
-                throw CourierError(
-                    .invalidConfiguration,
-                    "librdkafka refused property \(key)=\(shown): \(KafkaClient.text(error)); see librdkafka's CONFIGURATION.md for \(KafkaTransport.librdkafkaVersion)"
-                )
-            }
-        }
-        return conf
-    }
-
-    /// A client of `type` with `conf` (consumed either way), whose librdkafka log lines go to
-    /// `logger`. Destroy it with ``destroy(_:)``.
-    static func handle(_ type: rd_kafka_type_t, _ conf: OpaquePointer, logger: Logger? = nil) throws(CourierError) -> OpaquePointer {
-        rd_kafka_conf_set_log_cb(conf) { rk, level, facility, text in
-            KafkaLogs.log(rk, level: level, facility: facility, text: text)
-        }
-        // Without an error callback librdkafka logs every error a second time.
-        rd_kafka_conf_set_error_cb(conf) { rk, error, reason, _ in
-            KafkaLogs.error(rk, error, reason: reason)
-        }
-        var error = [CChar](repeating: 0, count: 512)
-        guard let rk = rd_kafka_new(type, conf, &error, error.count) else {
-            rd_kafka_conf_destroy(conf)
-            throw CourierError(.invalidConfiguration, "librdkafka could not create a client: \(KafkaClient.text(error))")
-        }
-        if let logger { KafkaLogs.register(rk, logger) }
-        return rk
-    }
-
     /// Runs `body` on a thread of its own with a short-lived consumer that belongs to
     /// `groupID` (for its committed offsets) but never commits by itself, passing it `topic`'s
     /// partition count; closes and destroys the consumer afterwards.
     static func withShortLivedConsumer<T: Sendable>(
         configuration: KafkaTransport.Configuration, groupID: String, topic: String, what: String,
-        _ body: @escaping @Sendable (OpaquePointer, Int) throws(CourierError) -> T
+        _ body: @escaping @Sendable (RDKafkaClient, Int) throws(CourierError) -> T
     ) async throws -> T {
         var properties = properties(configuration.settings)
         properties.insert(
             contentsOf: [("group.id", groupID), ("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")],
             at: properties.count - configuration.settings.properties.count
         )
-        let conf = SendableHandle(raw: try self.configuration(properties))
+        let consumerProperties = properties
         return try await offload(what) { () throws(CourierError) -> T in
-            let rk = try handle(RD_KAFKA_CONSUMER, conf.raw, logger: configuration.logger)
-            defer { destroy(rk) }
-            rd_kafka_poll_set_consumer(rk)
-            defer { rd_kafka_consumer_close(rk) }
-            let (partitions, error) = KafkaProducer.partitionCount(rk, nil, topic, timeout: configuration.operationTimeout)
+            let client = try RDKafkaClient(.consumer, properties: consumerProperties, logger: configuration.logger)
+            defer { client.destroy() }
+            client.pollSetConsumer()
+            defer { client.consumerClose() }
+            let (partitions, error) = client.partitionCount(topic, timeout: configuration.operationTimeout)
             guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(error, what) }
-            return try body(rk, partitions)
+            return try body(client, partitions)
         }
     }
 
-    /// Destroys a client made by ``handle(_:_:logger:)``.
-    static func destroy(_ rk: OpaquePointer) {
-        // Log lines written while it closes still find its logger; the entry goes afterwards.
-        let name = String(cString: rd_kafka_name(rk))
-        rd_kafka_destroy(rk)
-        KafkaLogs.deregister(name)
-    }
-
-    /// The text librdkafka wrote into an error buffer.
-    static func text(_ buffer: [CChar]) -> String {
-        buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-    }
-
-    /// librdkafka's text for `error`.
-    static func describe(_ error: rd_kafka_resp_err_t) -> String {
-        String(cString: rd_kafka_err2str(error))
-    }
-
-    /// A Courier error for a failed librdkafka operation, classified by its error code.
     /// The errors after which the same call may succeed: the broker or its network is away
     /// for a while, a partition's leader or the group's coordinator is moving, or the cluster
     /// is short of replicas (as Kafka's own `RetriableException`s).
@@ -137,6 +82,7 @@ enum KafkaClient {
         }
     }
 
+    /// A Courier error for a failed librdkafka operation, classified by its error code.
     static func error(_ error: rd_kafka_resp_err_t, _ what: String) -> CourierError {
         let classified = classify(error, what)
         guard isRetriable(error) else { return classified }
@@ -144,7 +90,7 @@ enum KafkaClient {
     }
 
     private static func classify(_ error: rd_kafka_resp_err_t, _ what: String) -> CourierError {
-        let text = describe(error)
+        let text = RDKafkaClient.describe(error)
         switch error {
         case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE, RD_KAFKA_RESP_ERR_INVALID_RECORD:
             return CourierError(
@@ -196,42 +142,6 @@ enum KafkaClient {
     }
 }
 
-/// A librdkafka handle passed to a thread of ours. librdkafka's handles are thread-safe.
-struct SendableHandle: @unchecked Sendable {
-    let raw: OpaquePointer
-}
-
-/// A `rd_kafka_topic_partition_list_t` owned by Swift.
-final class PartitionList {
-    let list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>
-
-    init(capacity: Int = 4) {
-        list = rd_kafka_topic_partition_list_new(Int32(capacity))
-    }
-
-    /// Takes ownership of a list librdkafka returned.
-    init(taking list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
-        self.list = list
-    }
-
-    /// A copy of a list librdkafka lends (in a callback).
-    init(copying list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
-        self.list = rd_kafka_topic_partition_list_copy(list)
-    }
-
-    deinit { rd_kafka_topic_partition_list_destroy(list) }
-
-    func add(_ topic: String, _ partition: Int32, offset: Int64 = courier_rdk_offset_invalid()) {
-        rd_kafka_topic_partition_list_add(list, topic, partition).pointee.offset = offset
-    }
-
-    var count: Int { Int(list.pointee.cnt) }
-
-    var elements: UnsafeMutableBufferPointer<rd_kafka_topic_partition_t> {
-        UnsafeMutableBufferPointer(start: list.pointee.elems, count: count)
-    }
-}
-
 /// librdkafka's own log lines (errors and worse: `log_level` 3 unless `rdkafka.log_level` says
 /// otherwise), routed to the logger of the transport that owns the client. librdkafka calls
 /// the log callback on its threads with the client handle; the handle's name finds the logger.
@@ -245,8 +155,7 @@ enum KafkaLogs {
     static func brokersDownCount(_ name: String) -> Int { brokersDown.withLock { $0[name] ?? 0 } }
     private static let fallback = Logger(label: "courier.kafka")
 
-    static func register(_ rk: OpaquePointer, _ logger: Logger) {
-        let name = String(cString: rd_kafka_name(rk))
+    static func register(_ name: String, _ logger: Logger) {
         loggers.withLock { $0[name] = logger }
     }
 
@@ -254,34 +163,30 @@ enum KafkaLogs {
         _ = loggers.withLock { $0.removeValue(forKey: name) }
     }
 
-    /// The client's name and the logger registered for it.
-    private static func logger(for rk: OpaquePointer?) -> (String, Logger) {
-        let name = rk.map { String(cString: rd_kafka_name($0)) } ?? ""
-        return (name, loggers.withLock { $0[name] } ?? fallback)
+    private static func logger(for name: String) -> Logger {
+        loggers.withLock { $0[name] } ?? fallback
     }
 
-    /// An error librdkafka reports: fatal ones at error level; the rest are transient (it
-    /// retries, and its log line already said what failed) and go to debug.
-    static func error(_ rk: OpaquePointer?, _ error: Int32, reason: UnsafePointer<CChar>?) {
-        let (name, logger) = logger(for: rk)
-        let fatal = error == RD_KAFKA_RESP_ERR__FATAL.rawValue
-        let allDown = error == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN.rawValue
+    /// An error librdkafka reports (`text` is its description of `error`): fatal ones at error
+    /// level; the rest are transient (it retries, and its log line already said what failed)
+    /// and go to debug.
+    static func error(_ name: String, _ error: rd_kafka_resp_err_t, text: String, reason: String) {
+        let logger = logger(for: name)
+        let fatal = error == RD_KAFKA_RESP_ERR__FATAL
+        let allDown = error == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN
         if allDown { brokersDown.withLock { counts in counts[name].map { counts[name] = $0 + 1 } } }
         logger.log(
-            level: fatal ? .error : allDown ? .warning : .debug, "\(reason.map { String(cString: $0) } ?? "")",
-            metadata: [
-                "kafka-client": "\(name)", "kafka-error": "\(String(cString: rd_kafka_err2str(rd_kafka_resp_err_t(rawValue: error))))",
-            ]
-        )
+            level: fatal ? .error : allDown ? .warning : .debug, "\(reason)",
+            metadata: ["kafka-client": "\(name)", "kafka-error": "\(text)"])
     }
 
-    static func log(_ rk: OpaquePointer?, level: Int32, facility: UnsafePointer<CChar>?, text: UnsafePointer<CChar>?) {
-        let (name, logger) = logger(for: rk)
+    static func log(_ name: String, level: Int32, facility: String, text: String) {
+        let logger = logger(for: name)
         // librdkafka recovers from most errors by itself (a broker down, a lost connection):
         // syslog 3 (error) is a warning here, 0-2 an error. A failed connection to one broker
         // (facility FAIL, retried by librdkafka) is info: "all brokers down" comes through
         // the error callback as a warning.
-        let connectionFailure = facility.map { strcmp($0, "FAIL") == 0 } ?? false
+        let connectionFailure = facility == "FAIL"
         let mapped: Logger.Level =
             switch level {
             case ...2: .error
@@ -291,8 +196,7 @@ enum KafkaLogs {
             default: .debug
             }
         logger.log(
-            level: mapped, "\(text.map { String(cString: $0) } ?? "")",
-            metadata: ["kafka-client": "\(name)", "kafka-facility": "\(facility.map { String(cString: $0) } ?? "")"]
+            level: mapped, "\(text)", metadata: ["kafka-client": "\(name)", "kafka-facility": "\(facility)"]
         )
     }
 }

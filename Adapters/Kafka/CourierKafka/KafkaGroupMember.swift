@@ -46,11 +46,13 @@ final class KafkaGroupMember: @unchecked Sendable {
     private let onClosed: @Sendable (KafkaGroupMember) -> Void
 
     // Thread-confined: touched only on the member's thread (and in init).
-    private var rk: OpaquePointer!
-    private var queue: OpaquePointer!
+    private var client: RDKafkaClient!
+    /// The consumer queue: messages and rebalance events. Woken from other threads (under
+    /// the state lock, while it exists: see ``wake()``).
+    private var queue: RDKafkaQueue!
     /// Where the results of this member's commits arrive, each tagged with the rebalance
     /// round it was sent in (a refusal from an earlier round says nothing about this one).
-    private var commitResults: OpaquePointer!
+    private var commitResults: RDKafkaQueue!
     private var round = 1
     private var lastCommit = ContinuousClock.now
     private let started = ContinuousClock.now
@@ -77,6 +79,8 @@ final class KafkaGroupMember: @unchecked Sendable {
         var recommit = false
         /// A commit met a rebalance: no periodic commits until the next rebalance callback.
         var commitsSuspended = false
+        /// The thread has destroyed the queues: nothing may wake them any more.
+        var queuesDestroyed = false
 
         /// Hands what can go to the waiting subscriptions.
         mutating func serve() -> [(Waiter, Delivery)] {
@@ -140,29 +144,14 @@ final class KafkaGroupMember: @unchecked Sendable {
                 ("partition.assignment.strategy", "range,roundrobin"),
                 ("allow.auto.create.topics", "false"),
             ], at: properties.count - configuration.settings.properties.count)
-        let conf = try KafkaClient.configuration(properties)
-        rd_kafka_conf_set_rebalance_cb(conf) { rk, error, partitions, opaque in
-            guard let rk, let partitions, let opaque else { return }
-            let member = Unmanaged<KafkaGroupMember>.fromOpaque(opaque).takeUnretainedValue()
-            if error == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
-                member.assigned(rk, partitions)
-            } else {
-                member.revoked(rk, partitions)
-            }
-        }
         // The handle lives no longer than the member: the thread holding `self` destroys it.
-        rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(self).toOpaque())
-        rk = try KafkaClient.handle(RD_KAFKA_CONSUMER, conf, logger: configuration.logger)
-        rd_kafka_poll_set_consumer(rk)
-        queue = rd_kafka_queue_get_consumer(rk)
-        commitResults = rd_kafka_queue_new(rk)
-        let subscription = PartitionList(capacity: 2)
-        for name in topics { subscription.add(name, courier_rdk_partition_ua()) }
-        let error = rd_kafka_subscribe(rk, subscription.list)
+        client = try RDKafkaClient(.consumer, properties: properties, callbacks: .rebalances(self), logger: configuration.logger)
+        client.pollSetConsumer()
+        queue = client.consumerQueue()
+        commitResults = client.newQueue()
+        let error = client.subscribe(topics)
         if error != RD_KAFKA_RESP_ERR_NO_ERROR {
-            rd_kafka_queue_destroy(commitResults)
-            rd_kafka_queue_destroy(queue)
-            KafkaClient.destroy(rk)
+            destroyClient()
             throw KafkaClient.error(error, "subscribing to \(topic) as group \(groupID)")
         }
         let thread = Thread { [self] in run() }
@@ -234,7 +223,7 @@ final class KafkaGroupMember: @unchecked Sendable {
             return state.waiters.removeAll()
         }
         for waiter in ended { waiter.resume(returning: nil) }
-        rd_kafka_queue_yield(queue)
+        wake()
         // Not cancellable (as before): returns once the member's thread has destroyed the consumer.
         _ = try? await Waiters.wait(in: state, \.closeWaiters, cancelled: nil) { state in
             state.machine.phase == .closed ? .success(()) : nil
@@ -265,8 +254,23 @@ final class KafkaGroupMember: @unchecked Sendable {
             return (result, state.waiters.isEmpty ? [] : state.serve(), state.machine.shouldResume)
         }
         resume(served)
-        if wake { rd_kafka_queue_yield(queue) }
+        if wake { self.wake() }
         return result
+    }
+
+    /// Wakes the member's thread from its poll, unless it has finished.
+    private func wake() {
+        state.withLock { state in
+            if !state.queuesDestroyed { queue.yield() }
+        }
+    }
+
+    /// Destroys the queues, then the client (the order librdkafka requires).
+    private func destroyClient() {
+        state.withLock { $0.queuesDestroyed = true }
+        queue.destroy()
+        commitResults.destroy()
+        client.destroy()
     }
 
     /// Settles `tag` (the hot path of every ack).
@@ -364,15 +368,13 @@ final class KafkaGroupMember: @unchecked Sendable {
                 // librdkafka returns when the batch is full or the timeout passes: a short
                 // timeout bounds what a message waits for company when traffic is light. A
                 // paused member only serves events (rebalances) until a settlement wakes it.
-                rd_kafka_consume_batch_queue(queue, capacity > 0 ? 5 : 100, buffer.baseAddress, max(1, min(capacity, buffer.count)))
+                queue.consumeBatch(milliseconds: capacity > 0 ? 5 : 100, into: buffer, capacity: capacity)
             }
             if count > 0 { receive(messages[0..<count]) }
         }
         commit(state.withLock { $0.machine.commits(force: true) }, wait: .seconds(5))
-        rd_kafka_consumer_close(rk)
-        rd_kafka_queue_destroy(commitResults)
-        rd_kafka_queue_destroy(queue)
-        KafkaClient.destroy(rk)
+        client.consumerClose()
+        destroyClient()
         let (waiters, joiners, failure) = state.withLock { state in
             state.machine.finishClose()
             return (state.closeWaiters.removeAll(), state.joinWaiters.removeAll(), state.failure)
@@ -399,10 +401,8 @@ final class KafkaGroupMember: @unchecked Sendable {
 
     /// Pauses or resumes every assigned partition (back-pressure).
     private func setPaused(_ pause: Bool) {
-        var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
-        guard rd_kafka_assignment(rk, &assignment) == RD_KAFKA_RESP_ERR_NO_ERROR, let assignment else { return }
-        let list = PartitionList(taking: assignment)
-        if pause { rd_kafka_pause_partitions(rk, list.list) } else { rd_kafka_resume_partitions(rk, list.list) }
+        guard let list = client.assignment() else { return }
+        if pause { client.pause(list) } else { client.resume(list) }
         logger.debug(pause ? "buffer full: partitions paused" : "buffer at half: partitions resumed")
     }
 
@@ -416,13 +416,13 @@ final class KafkaGroupMember: @unchecked Sendable {
             arrived.removeAll(keepingCapacity: true)
             self.arrived = arrived
         }
-        for case let message? in batch {
-            defer { rd_kafka_message_destroy(message) }
-            let raw = message.pointee
+        for case let polled? in batch {
+            let message = RDKafkaMessage(polled)
+            defer { message.destroy() }
             // Consumer errors (a broker gone, a fetch failed) are transient: librdkafka retries.
-            guard raw.err == RD_KAFKA_RESP_ERR_NO_ERROR else { continue }
+            guard message.error == RD_KAFKA_RESP_ERR_NO_ERROR else { continue }
             var (pending, timestamp) = Self.pending(message)
-            pending.position = position(raw.rkt.map { rd_kafka_topic_name($0) }, raw.partition)
+            pending.position = position(message.topicName, message.partition)
             arrived.append((pending, timestamp))
         }
         let now = Date().clampedMillisecondsSince1970
@@ -450,36 +450,20 @@ final class KafkaGroupMember: @unchecked Sendable {
     }
 
     /// The envelope, attempt and position of a polled message.
-    static func pending(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> (Pending, timestamp: Int64) {
-        let raw = message.pointee
+    static func pending(_ message: RDKafkaMessage) -> (Pending, timestamp: Int64) {
         var received = WireFormat.Received()
-        var list: OpaquePointer?
-        if rd_kafka_message_headers(message, &list) == RD_KAFKA_RESP_ERR_NO_ERROR, let list {
-            var index = 0
-            var name: UnsafePointer<CChar>?
-            var value: UnsafeRawPointer?
-            var size = 0
-            while rd_kafka_header_get_all(list, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
-                if let name {
-                    received.add(
-                        name: UnsafeRawBufferPointer(start: name, count: strlen(name)),
-                        value: UnsafeRawBufferPointer(start: value, count: value == nil ? 0 : size))
-                }
-                index += 1
-            }
-        }
-        let payload = raw.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: raw.len)) } ?? []
-        let key = raw.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: raw.key_len), as: UTF8.self) }
-        var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
-        let timestamp = rd_kafka_message_timestamp(message, &timestampType)
+        message.forEachHeader { name, value in received.add(name: name, value: value) }
+        let payload = Array(message.payload)
+        let key = message.key.map { String(decoding: $0, as: UTF8.self) }
+        let timestamp = message.timestamp
         var (envelope, attempt) = received.envelope(
             payload: payload,
             fallbackTime: timestamp >= 0 ? Date(timeIntervalSince1970: TimeInterval(timestamp) / 1000) : nil,
             fallbackKey: key
         )
         let retryAt = envelope.headers.removeValue(forKey: retryAtHeader).flatMap { Int64($0) }
-        let position = Position(topic: 0, partition: raw.partition)
-        return (Pending(envelope: envelope, attempt: attempt, position: position, offset: raw.offset, retryAt: retryAt), timestamp)
+        let position = Position(topic: 0, partition: message.partition)
+        return (Pending(envelope: envelope, attempt: attempt, position: position, offset: message.offset, retryAt: retryAt), timestamp)
     }
 
     /// Commits `offsets`; `wait` bounds how long to wait for the result (`nil`: do not wait;
@@ -493,15 +477,15 @@ final class KafkaGroupMember: @unchecked Sendable {
         let list = PartitionList(capacity: max(1, offsets.count))
         for (position, offset) in offsets where offset >= 0 { list.add(names[position.topic], position.partition, offset: offset) }
         guard list.count > 0 else { return true }
-        let error = rd_kafka_commit_queue(rk, list.list, commitResults, nil, UnsafeMutableRawPointer(bitPattern: round))
+        let error = client.commit(list, resultsTo: commitResults, tag: round)
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
             state.withLock { $0.recommit = true }
             return false
         }
         guard let wait else { return nil }
         let deadline = ContinuousClock.now + wait
-        while let event = rd_kafka_queue_poll(commitResults, KafkaClient.milliseconds(max(.zero, deadline - .now))) {
-            if let accepted = readCommitResult(event) { return accepted }
+        while let result = commitResults.pollCommitResult(milliseconds: KafkaClient.milliseconds(max(.zero, deadline - .now))) {
+            if let accepted = readCommitResult(result) { return accepted }
             if ContinuousClock.now >= deadline { break }
         }
         return nil
@@ -509,7 +493,7 @@ final class KafkaGroupMember: @unchecked Sendable {
 
     /// Reads the commit results that have arrived, without waiting.
     private func readCommitResults() {
-        while let event = rd_kafka_queue_poll(commitResults, 0) { readCommitResult(event) }
+        while let result = commitResults.pollCommitResult(milliseconds: 0) { readCommitResult(result) }
     }
 
     /// Takes in one commit result (and destroys the event): whether the broker accepted it, or
@@ -517,15 +501,12 @@ final class KafkaGroupMember: @unchecked Sendable {
     /// confirmed; a commit refused because the group is rebalancing suspends periodic commits
     /// and holds hand-outs until the rebalance callback; an accepted one ends that.
     @discardableResult
-    private func readCommitResult(_ event: OpaquePointer) -> Bool? {
-        defer { rd_kafka_event_destroy(event) }
-        let error = rd_kafka_event_error(event)
-        let sentIn = Int(bitPattern: rd_kafka_event_opaque(event))
-        guard sentIn == round else { return nil }
+    private func readCommitResult(_ result: RDKafkaCommitResult) -> Bool? {
+        let error = result.error
+        guard result.tag == round else { return nil }
         guard error != RD_KAFKA_RESP_ERR_NO_ERROR, error != RD_KAFKA_RESP_ERR__NO_OFFSET else {
-            if let list = rd_kafka_event_topic_partition_list(event) {
-                let elements = UnsafeMutableBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt))
-                let confirmed = elements.filter { $0.err == RD_KAFKA_RESP_ERR_NO_ERROR }.map {
+            if let list = result.offsets {
+                let confirmed = list.elements.filter { $0.err == RD_KAFKA_RESP_ERR_NO_ERROR }.map {
                     (position($0.topic, $0.partition), $0.offset)
                 }
                 state.withLock { state in for (position, offset) in confirmed { state.machine.confirm(position, offset) } }
@@ -542,7 +523,7 @@ final class KafkaGroupMember: @unchecked Sendable {
             level: rebalancing ? .debug : .warning,
             rebalancing
                 ? "an offset commit met a rebalance; committing on the rebalance callback" : "an offset commit failed; committing again",
-            metadata: ["kafka-error": "\(String(cString: rd_kafka_event_error_string(event)))"]
+            metadata: ["kafka-error": "\(result.text)"]
         )
         state.withLock { state in
             state.recommit = true
@@ -566,15 +547,9 @@ final class KafkaGroupMember: @unchecked Sendable {
         resume(served)
     }
 
-    /// Whether the group uses the cooperative (incremental) rebalance protocol.
-    private func isCooperative(_ rk: OpaquePointer) -> Bool {
-        rd_kafka_rebalance_protocol(rk).map { String(cString: $0) } == "COOPERATIVE"
-    }
-
     // MARK: Rebalance (on the member's thread, inside a poll)
 
-    private func assigned(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
-        let list = PartitionList(copying: partitions)
+    func assigned(_ list: PartitionList) {
         let began = ContinuousClock.now
         defer {
             logger.debug(
@@ -598,15 +573,14 @@ final class KafkaGroupMember: @unchecked Sendable {
         rebalanceEnded()
         var starts: [Position: KafkaMemberState.Start] = [:]
         if list.count > 0 {
-            let milliseconds = KafkaClient.milliseconds(timeout)
-            let committedError = rd_kafka_committed(rk, list.list, milliseconds)
+            let committedError = client.committed(list, timeout: timeout)
             var unresolved: [Position] = []
             for element in list.elements {
                 let position = position(element.topic, element.partition)
                 if committedError != RD_KAFKA_RESP_ERR_NO_ERROR || element.err != RD_KAFKA_RESP_ERR_NO_ERROR {
                     // Unknown (the coordinator is busy): let librdkafka fetch the committed offset
                     // itself. Never guess a start here: that would overwrite the group's offsets.
-                    starts[position] = .init(offset: courier_rdk_offset_invalid())
+                    starts[position] = .init(offset: RDKafkaClient.invalidOffset)
                 } else if element.offset >= 0 {
                     starts[position] = .init(offset: element.offset)
                 } else {
@@ -614,7 +588,7 @@ final class KafkaGroupMember: @unchecked Sendable {
                 }
             }
             if !unresolved.isEmpty {
-                for (position, start) in resolveStart(rk, unresolved) {
+                for (position, start) in resolveStart(unresolved) {
                     starts[position] = .init(offset: start.offset, skipBefore: start.skipBefore)
                 }
                 // Commit the starting offsets now: from here on the group exists, and what is
@@ -626,49 +600,40 @@ final class KafkaGroupMember: @unchecked Sendable {
                         commit.add(names[position.topic], position.partition, offset: start.offset)
                     }
                 }
-                if commit.count > 0 { _ = rd_kafka_commit(rk, commit.list, 0) }
+                if commit.count > 0 { _ = client.commit(commit) }
             }
             for index in 0..<list.count {
                 let position = position(list.elements[index].topic, list.elements[index].partition)
-                list.elements[index].offset = starts[position]?.offset ?? courier_rdk_offset_invalid()
+                list.elements[index].offset = starts[position]?.offset ?? RDKafkaClient.invalidOffset
             }
         }
         let (joiners, paused) = state.withLock { state in
             state.machine.assign(starts)
             return (state.joinWaiters.removeAll(), state.machine.paused)
         }
-        if isCooperative(rk) {
-            if let error = rd_kafka_incremental_assign(rk, list.list) {
-                logger.warning(
-                    "librdkafka refused an incremental assignment",
-                    metadata: ["kafka-error": "\(String(cString: rd_kafka_error_string(error)))"])
-                rd_kafka_error_destroy(error)
+        if client.isCooperative {
+            if let error = client.incrementalAssign(list) {
+                logger.warning("librdkafka refused an incremental assignment", metadata: ["kafka-error": "\(error)"])
             }
         } else {
-            rd_kafka_assign(rk, list.list)
+            client.assign(list)
         }
         // A partition joining a paused member is paused too. Never resume a partition that is
         // not paused: librdkafka before 2.4 then restarts fetching from an older offset
         // (its issues #4637 and #4686), which delivered messages twice.
-        if paused && list.count > 0 { rd_kafka_pause_partitions(rk, list.list) }
+        if paused && list.count > 0 { client.pause(list) }
         for joiner in joiners { joiner.resume(returning: nil) }
     }
 
     /// Start offsets for partitions the group has never committed: the start position for the
     /// topic, the beginning for the retry topic (retries are never skipped).
-    private func resolveStart(_ rk: OpaquePointer, _ positions: [Position]) -> [Position: (offset: Int64, skipBefore: Int64?)] {
-        let milliseconds = KafkaClient.milliseconds(timeout)
+    private func resolveStart(_ positions: [Position]) -> [Position: (offset: Int64, skipBefore: Int64?)] {
         let names = topics
         var starts: [Position: (offset: Int64, skipBefore: Int64?)] = [:]
         var watermarks: [Position: (low: Int64, high: Int64)] = [:]
         for position in positions {
-            var low: Int64 = 0
-            var high: Int64 = 0
-            if rd_kafka_query_watermark_offsets(rk, names[position.topic], position.partition, &low, &high, milliseconds)
-                == RD_KAFKA_RESP_ERR_NO_ERROR
-            {
-                watermarks[position] = (low, high)
-            }
+            let (low, high, error) = client.watermarks(names[position.topic], position.partition, timeout: timeout)
+            if error == RD_KAFKA_RESP_ERR_NO_ERROR { watermarks[position] = (low, high) }
         }
         var timed: [Position] = []
         for (position, marks) in watermarks {
@@ -682,7 +647,7 @@ final class KafkaGroupMember: @unchecked Sendable {
             let cut = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
             let query = PartitionList(capacity: timed.count)
             for position in timed { query.add(names[position.topic], position.partition, offset: cut) }
-            let error = rd_kafka_offsets_for_times(rk, query.list, milliseconds)
+            let error = client.offsetsForTimes(query, timeout: timeout)
             for element in query.elements {
                 let position = Position(topic: 0, partition: element.partition)
                 guard let marks = watermarks[position] else { continue }
@@ -702,10 +667,9 @@ final class KafkaGroupMember: @unchecked Sendable {
 
     /// Gives partitions up: drops what nobody has seen of them, waits up to the revoke timeout
     /// for their deliveries in flight to be settled, commits synchronously, then unassigns.
-    private func revoked(_ rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
-        let list = PartitionList(copying: partitions)
+    func revoked(_ list: PartitionList) {
         let positions = Set(list.elements.map { position($0.topic, $0.partition) })
-        let lost = rd_kafka_assignment_lost(rk) != 0
+        let lost = client.assignmentLost
         let began = ContinuousClock.now
         round += 1
         let closing = state.withLock { state in
@@ -723,7 +687,7 @@ final class KafkaGroupMember: @unchecked Sendable {
         let offsets = revoke.offsets
         // librdkafka keeps a partition's pause across an unassign and a new assign: resume what
         // was paused before giving it up, so that it is fetched when it comes back.
-        if paused { rd_kafka_resume_partitions(rk, list.list) }
+        if paused { client.resume(list) }
         // A lost assignment is committed too: the offsets cover only settled messages, so at
         // worst the broker refuses them or the new owner reads some again; nothing is skipped.
         let accepted = commit(offsets, wait: timeout)
@@ -732,15 +696,12 @@ final class KafkaGroupMember: @unchecked Sendable {
             return state.machine.counters
         }
         rebalanceEnded()
-        if isCooperative(rk) {
-            if let error = rd_kafka_incremental_unassign(rk, list.list) {
-                logger.warning(
-                    "librdkafka refused an incremental unassignment",
-                    metadata: ["kafka-error": "\(String(cString: rd_kafka_error_string(error)))"])
-                rd_kafka_error_destroy(error)
+        if client.isCooperative {
+            if let error = client.incrementalUnassign(list) {
+                logger.warning("librdkafka refused an incremental unassignment", metadata: ["kafka-error": "\(error)"])
             }
         } else {
-            rd_kafka_assign(rk, nil)
+            client.assign(nil)
         }
         logger.debug(
             "partitions revoked",

@@ -54,25 +54,13 @@ import Foundation
     public let bootstrapServers: String
     /// Broker ids are 1 through this.
     public let brokerCount: Int
-    private let host: OpaquePointer
-    private let cluster: OpaquePointer
+    private let cluster: RDKafkaMockCluster
 
     /// Starts a cluster of `brokers` brokers on loopback.
     public init(brokers: Int = 1) throws(CourierError) {
-        let conf = try KafkaClient.configuration([("log_level", "3")])
-        host = try KafkaClient.handle(RD_KAFKA_PRODUCER, conf)
-        guard let cluster = rd_kafka_mock_cluster_new(host, Int32(brokers)) else {
-            rd_kafka_destroy(host)
-            throw CourierError(.unreachable, "librdkafka could not start a mock cluster of \(brokers) brokers")
-        }
-        self.cluster = cluster
+        cluster = try RDKafkaMockCluster(brokers: brokers)
         brokerCount = brokers
-        bootstrapServers = String(cString: rd_kafka_mock_cluster_bootstraps(cluster))
-    }
-
-    deinit {
-        rd_kafka_mock_cluster_destroy(cluster)
-        rd_kafka_destroy(host)
+        bootstrapServers = cluster.bootstraps
     }
 
     /// A `kafka://` URL for this cluster: topics created on first use, short group sessions.
@@ -93,13 +81,13 @@ import Foundation
 
     /// Creates `topic` with `partitions` partitions.
     public func createTopic(_ topic: String, partitions: Int, replicationFactor: Int = 1) throws(CourierError) {
-        let error = rd_kafka_mock_topic_create(cluster, topic, Int32(partitions), Int32(replicationFactor))
+        let error = cluster.createTopic(topic, partitions: partitions, replicationFactor: replicationFactor)
         if error != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaClient.error(error, "creating mock topic \(topic)") }
     }
 
     /// Takes broker `id` down (its connections close, it accepts none) or brings it back.
     public func setBroker(_ id: Int, up: Bool) {
-        if up { _ = rd_kafka_mock_broker_set_up(cluster, Int32(id)) } else { _ = rd_kafka_mock_broker_set_down(cluster, Int32(id)) }
+        cluster.setBroker(id, up: up)
     }
 
     /// Takes every broker down or brings every broker back.
@@ -109,25 +97,25 @@ import Foundation
 
     /// Makes broker `id` answer every request after `rtt` more.
     public func setRoundTripTime(broker id: Int, _ rtt: Duration) {
-        _ = rd_kafka_mock_broker_set_rtt(cluster, Int32(id), KafkaClient.milliseconds(rtt))
+        cluster.setRoundTripTime(broker: id, rtt)
     }
 
     /// Makes the next `count` requests of type `api`, to any broker, fail with `error`.
     public func failRequests(_ api: API, with error: ErrorCode, count: Int = 1) {
-        var errors = [rd_kafka_resp_err_t](repeating: rd_kafka_resp_err_t(rawValue: error.rawValue), count: count)
-        rd_kafka_mock_push_request_errors_array(cluster, api.rawValue, count, &errors)
+        cluster.failRequests(api.rawValue, with: error.rawValue, count: count)
     }
 
     /// Makes metadata for `topic` report `error` (`nil` clears it).
     public func setTopicError(_ topic: String, _ error: ErrorCode?) {
-        rd_kafka_mock_topic_set_error(cluster, topic, rd_kafka_resp_err_t(rawValue: error?.rawValue ?? 0))
+        cluster.setTopicError(topic, error?.rawValue ?? 0)
     }
 
     /// Removes every injected request error.
     public func clearRequestErrors() {
-        rd_kafka_mock_clear_request_errors(cluster, API.produce.rawValue)
-        for api in [API.fetch, .listOffsets, .metadata, .offsetCommit, .offsetFetch, .findCoordinator, .joinGroup, .heartbeat, .syncGroup] {
-            rd_kafka_mock_clear_request_errors(cluster, api.rawValue)
+        for api in [
+            API.produce, .fetch, .listOffsets, .metadata, .offsetCommit, .offsetFetch, .findCoordinator, .joinGroup, .heartbeat, .syncGroup,
+        ] {
+            cluster.clearRequestErrors(api.rawValue)
         }
     }
 }

@@ -8,13 +8,23 @@ import Synchronization
 /// delivery reports. `produce` enqueues every message of a batch without waiting (librdkafka
 /// pipelines them) and resumes the caller when the last delivery report of the batch arrives.
 final class KafkaProducer: @unchecked Sendable {
-    /// The producer handle; safe to use from any thread (librdkafka's producer API is
-    /// thread-safe), destroyed only by ``close(timeout:)``.
-    let rk: OpaquePointer
+    private typealias Machine = KafkaProducerStateMachine<RDKafkaClient, OpaquePointer>
+
+    /// The state machine and the closers waiting, under one lock (topic handles are
+    /// thread-safe pointers).
+    private struct Shared: @unchecked Sendable {
+        var machine: Machine
+        /// Closers waiting for the producer to be closed by another.
+        var closeWaiters = Waiters<Void, Void>()
+        /// The closer waiting until no caller holds the handles.
+        var idleWaiters = Waiters<Void, Void>()
+    }
+
+    /// librdkafka's name for the producer (the key of its logger).
+    let name: String
     private let settings: KafkaSettings
-    private let topics = Mutex<[String: OpaquePointer]>([:])
+    private let shared: Mutex<Shared>
     private let known = Mutex<Set<String>>([])
-    private let stopping = Atomic<Bool>(false)
     /// Open once the poll thread has stopped.
     private let finished = Latch()
 
@@ -35,218 +45,165 @@ final class KafkaProducer: @unchecked Sendable {
                 ("max.in.flight.requests.per.connection", "1"),
                 ("allow.auto.create.topics", settings.topicCreation == .auto ? "true" : "false"),
             ], at: properties.count - settings.properties.count)
-        let conf = try KafkaClient.configuration(properties)
-        rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
-            guard let message, let opaque = message.pointee._private else { return }
-            Unmanaged<ProduceBatch>.fromOpaque(opaque).takeUnretainedValue().reported(message.pointee.err)
-        }
-        rk = try KafkaClient.handle(RD_KAFKA_PRODUCER, conf, logger: logger)
-        let thread = Thread { [self] in pollLoop() }
+        let client = try RDKafkaClient(.producer, properties: properties, callbacks: .deliveryReports, logger: logger)
+        name = client.name
+        shared = Mutex(Shared(machine: Machine(client: client)))
+        let thread = Thread { [self] in pollLoop(client) }
         thread.name = "courier.kafka.producer"
         thread.start()
     }
 
-    /// Serves delivery reports until ``close(timeout:)``.
-    private func pollLoop() {
-        while !stopping.load(ordering: .acquiring) {
-            rd_kafka_poll(rk, 50)
+    /// Serves delivery reports until ``close(timeout:)`` has flushed.
+    private func pollLoop(_ client: RDKafkaClient) {
+        while shared.withLock({ $0.machine.shouldPoll }) {
+            client.poll(milliseconds: 50)
         }
         finished.open()
     }
 
-    /// The cached topic handle for `topic`.
-    private func handle(for topic: String) -> OpaquePointer {
-        topics.withLock { topics in
-            if let rkt = topics[topic] { return rkt }
-            let rkt = rd_kafka_topic_new(rk, topic, nil)!
-            topics[topic] = rkt
-            return rkt
+    /// Runs `body` with the client and `topic`'s handle, held until it returns; throws the
+    /// transport's closed error once a close has begun.
+    private func withHandles<T>(topic: String, _ body: (RDKafkaClient, OpaquePointer) async throws(CourierError) -> T)
+        async throws(CourierError) -> T
+    {
+        let decision = shared.withLock { $0.machine.acquire(topic: topic) { client, name in client.topic(name) } }
+        guard case .produce(let client, let handle) = decision else { throw KafkaTransport.closedError }
+        defer {
+            let idle = shared.withLock { shared in shared.machine.release() ? shared.idleWaiters.removeAll() : [] }
+            for waiter in idle { waiter.resume() }
         }
+        return try await body(client, handle)
+    }
+
+    private var isOpen: Bool { shared.withLock { $0.machine.isOpen } }
+
+    /// Asks a broker for the cluster's metadata (blocking: call it on a thread of ours). Only
+    /// while connecting: no close can race it then.
+    func ping(timeout: Duration) -> rd_kafka_resp_err_t {
+        let client = shared.withLock { shared -> RDKafkaClient? in
+            if case .open(let handles) = shared.machine.state { return handles.client }
+            return nil
+        }
+        return client?.ping(timeout: timeout) ?? RD_KAFKA_RESP_ERR__DESTROY
     }
 
     /// Makes sure `topic` exists, creating it as ``KafkaSettings/topicCreation`` says. Known
     /// topics cost nothing.
     func ensureTopic(_ topic: String, timeout: Duration) async throws(CourierError) {
         if known.withLock({ $0.contains(topic) }) { return }
-        let rkt = SendableHandle(raw: handle(for: topic))
         let settings = settings
-        let rk = SendableHandle(raw: rk)
-        try await KafkaClient.offload("metadata") { () throws(CourierError) in
-            let deadline = ContinuousClock.now + timeout
-            var created = false
-            while true {
-                let (count, error) = Self.partitionCount(rk.raw, rkt.raw, topic, timeout: timeout)
-                switch error {
-                case RD_KAFKA_RESP_ERR_NO_ERROR where count > 0:
-                    return
-                case RD_KAFKA_RESP_ERR_NO_ERROR, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
-                    break  // being created; ask again
-                case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
-                    switch settings.topicCreation {
-                    case .off:
-                        throw CourierError(
-                            .notFound,
-                            "topic \(topic) does not exist and topic creation is off (create_topics=off); create it on the cluster or allow creation with create_topics=admin"
-                        )
-                    case .admin where !created:
-                        try Self.createTopic(rk.raw, topic, settings: settings, timeout: timeout)
-                        created = true
-                    case .admin, .auto:
-                        break
+        try await withHandles(topic: topic) { (client, handle) throws(CourierError) in
+            let rkt = UncheckedSendable(handle)
+            try await KafkaClient.offload("metadata") { [self] () throws(CourierError) in
+                let deadline = ContinuousClock.now + timeout
+                var created = false
+                while true {
+                    let (count, error) = client.partitionCount(topic, handle: rkt.value, timeout: timeout)
+                    switch error {
+                    case RD_KAFKA_RESP_ERR_NO_ERROR where count > 0:
+                        return
+                    case RD_KAFKA_RESP_ERR_NO_ERROR, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+                        break  // being created; ask again
+                    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+                        switch settings.topicCreation {
+                        case .off:
+                            throw CourierError(
+                                .notFound,
+                                "topic \(topic) does not exist and topic creation is off (create_topics=off); create it on the cluster or allow creation with create_topics=admin"
+                            )
+                        case .admin where !created:
+                            try client.createTopic(
+                                topic, partitions: settings.partitions, replicationFactor: settings.replicationFactor, timeout: timeout)
+                            created = true
+                        case .admin, .auto:
+                            break
+                        }
+                    default:
+                        throw KafkaClient.error(error, "looking up topic \(topic)")
                     }
-                default:
-                    throw KafkaClient.error(error, "looking up topic \(topic)")
+                    if ContinuousClock.now >= deadline {
+                        throw CourierError(
+                            .timeout,
+                            "topic \(topic) did not become available within \(timeout); check the cluster's health and the topic's partitions",
+                            isRetriable: true)
+                    }
+                    // A close waits for this lookup: give up at once.
+                    guard isOpen else { throw KafkaTransport.closedError }
+                    Thread.sleep(forTimeInterval: 0.05)
                 }
-                if ContinuousClock.now >= deadline {
-                    throw CourierError(
-                        .timeout,
-                        "topic \(topic) did not become available within \(timeout); check the cluster's health and the topic's partitions",
-                        isRetriable: true)
-                }
-                Thread.sleep(forTimeInterval: 0.05)
             }
         }
         known.withLock { _ = $0.insert(topic) }
-    }
-
-    /// The partition count of `topic` from a metadata request (blocking).
-    static func partitionCount(_ rk: OpaquePointer, _ rkt: OpaquePointer?, _ topic: String, timeout: Duration) -> (
-        count: Int, error: rd_kafka_resp_err_t
-    ) {
-        guard let rkt else {
-            let temporary = rd_kafka_topic_new(rk, topic, nil)
-            defer { rd_kafka_topic_destroy(temporary) }
-            return partitionCount(rk, temporary, topic, timeout: timeout)
-        }
-        var metadata: UnsafePointer<rd_kafka_metadata>?
-        let error = rd_kafka_metadata(rk, 0, rkt, &metadata, KafkaClient.milliseconds(timeout))
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else { return (0, error) }
-        defer { rd_kafka_metadata_destroy(metadata) }
-        let topics = UnsafeBufferPointer(start: metadata.pointee.topics, count: Int(metadata.pointee.topic_cnt))
-        guard let entry = topics.first(where: { String(cString: $0.topic) == topic }) else {
-            return (0, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-        }
-        return (Int(entry.partition_cnt), entry.err)
-    }
-
-    /// Creates `topic` with the Admin API (blocking). An existing topic is fine.
-    private static func createTopic(_ rk: OpaquePointer, _ topic: String, settings: KafkaSettings, timeout: Duration) throws(CourierError) {
-        var error = [CChar](repeating: 0, count: 512)
-        guard
-            let newTopic = rd_kafka_NewTopic_new(topic, Int32(settings.partitions), Int32(settings.replicationFactor), &error, error.count)
-        else {
-            throw CourierError(.invalidConfiguration, "cannot create topic \(topic): \(KafkaClient.text(error))")
-        }
-        defer { rd_kafka_NewTopic_destroy(newTopic) }
-        let queue = rd_kafka_queue_new(rk)
-        defer { rd_kafka_queue_destroy(queue) }
-        let options = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS)
-        defer { rd_kafka_AdminOptions_destroy(options) }
-        _ = rd_kafka_AdminOptions_set_request_timeout(options, KafkaClient.milliseconds(timeout), &error, error.count)
-        var topics: [OpaquePointer?] = [newTopic]
-        rd_kafka_CreateTopics(rk, &topics, 1, options, queue)
-        guard let event = rd_kafka_queue_poll(queue, KafkaClient.milliseconds(timeout) + 1000) else {
-            throw CourierError(
-                .timeout,
-                "creating topic \(topic) got no answer within \(timeout); if the broker has no Admin API (librdkafka's mock cluster), use create_topics=auto"
-            )
-        }
-        defer { rd_kafka_event_destroy(event) }
-        let eventError = rd_kafka_event_error(event)
-        if eventError != RD_KAFKA_RESP_ERR_NO_ERROR {
-            throw KafkaClient.error(eventError, "creating topic \(topic)")
-        }
-        var count = 0
-        if let result = rd_kafka_event_CreateTopics_result(event), let results = rd_kafka_CreateTopics_result_topics(result, &count) {
-            for index in 0..<count {
-                let topicError = rd_kafka_topic_result_error(results[index])
-                if topicError != RD_KAFKA_RESP_ERR_NO_ERROR && topicError != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS {
-                    let message =
-                        rd_kafka_topic_result_error_string(results[index]).map { String(cString: $0) } ?? KafkaClient.describe(topicError)
-                    throw CourierError(.brokerRejected, "creating topic \(topic) with \(settings.partitions) partitions: \(message)")
-                }
-            }
-        }
     }
 
     /// Produces `envelopes` to `topic` in order and returns once every one is confirmed by
     /// its delivery report. `attempt` gives each message's delivery attempt header.
     func produce(_ envelopes: [Envelope], to topic: String, attempt: (Int) -> Int = { _ in 1 }) async throws(CourierError) {
         guard !envelopes.isEmpty else { return }
-        guard !stopping.load(ordering: .relaxed) else { throw KafkaTransport.closedError }
-        let rkt = handle(for: topic)
         let batch = ProduceBatch(topic: topic)
-        for (index, envelope) in envelopes.enumerated() {
-            let headers = rd_kafka_headers_new(8)!
-            WireFormat.forEachHeader(of: envelope, attempt: attempt(index)) { name, value in
-                var (name, value) = (name, value)
-                name.withUTF8 { name in
-                    value.withUTF8 { bytes in
-                        name.withMemoryRebound(to: CChar.self) { name in
-                            _ = rd_kafka_header_add(headers, name.baseAddress, name.count, bytes.baseAddress, bytes.count)
-                        }
+        try await withHandles(topic: topic) { (client, rkt) throws(CourierError) in
+            for (index, envelope) in envelopes.enumerated() {
+                let headers = RDKafkaClient.headers(of: envelope, attempt: attempt(index))
+                batch.add()
+                // `batch` outlives every report: this function holds it until `wait` returns.
+                let opaque = Unmanaged.passUnretained(batch).toOpaque()
+                var waited = 0
+                while true {
+                    let error = client.produce(envelope, to: rkt, headers: headers, opaque: opaque)
+                    if error == RD_KAFKA_RESP_ERR_NO_ERROR { break }
+                    RDKafkaClient.destroyHeaders(headers)
+                    // librdkafka's queue is full: wait for delivery reports to drain it, unless
+                    // a close has begun (it waits for this batch to stop enqueueing).
+                    if error == RD_KAFKA_RESP_ERR__QUEUE_FULL && waited < 60_000 && isOpen {
+                        waited += 1
+                        try? await Task.sleep(for: .milliseconds(1))
+                        continue
                     }
+                    batch.reported(error)
+                    break
                 }
+                if batch.hasFailed { break }
             }
-            batch.add()
-            // `batch` outlives every report: this function holds it until `wait` returns.
-            let opaque = Unmanaged.passUnretained(batch).toOpaque()
-            var waited = 0
-            while true {
-                let error = Self.produce(rk, rkt, envelope, headers, opaque)
-                if error == RD_KAFKA_RESP_ERR_NO_ERROR { break }
-                if error == RD_KAFKA_RESP_ERR__QUEUE_FULL && waited < 60_000 && !stopping.load(ordering: .relaxed) {
-                    // librdkafka's queue is full: wait for delivery reports to drain it.
-                    waited += 1
-                    try? await Task.sleep(for: .milliseconds(1))
-                    continue
-                }
-                rd_kafka_headers_destroy(headers)
-                batch.reported(error)
-                break
-            }
-            if batch.hasFailed { break }
         }
         try await batch.wait()
         withExtendedLifetime(batch) {}
     }
 
-    private static func produce(
-        _ rk: OpaquePointer, _ rkt: OpaquePointer, _ envelope: Envelope, _ headers: OpaquePointer, _ opaque: UnsafeMutableRawPointer
-    ) -> rd_kafka_resp_err_t {
-        envelope.payload.withUnsafeBytes { payload in
-            if var key = envelope.key {
-                return key.withUTF8 { key in
-                    courier_rdk_produce(
-                        rk, rkt, courier_rdk_partition_ua(), payload.baseAddress, payload.count, key.baseAddress, key.count, headers, opaque
-                    )
-                }
-            }
-            return courier_rdk_produce(rk, rkt, courier_rdk_partition_ua(), payload.baseAddress, payload.count, nil, 0, headers, opaque)
-        }
-    }
-
-    /// Waits up to `timeout` for outstanding messages, stops the thread and destroys the
-    /// handle. Idempotent.
+    /// Waits until no caller enqueues, then up to `timeout` for outstanding messages; stops
+    /// the thread and destroys the handles. A second caller waits for the first. Idempotent.
     func close(timeout: Duration) async {
-        guard !stopping.load(ordering: .acquiring) else { return }
-        let rk = SendableHandle(raw: rk)
+        let action = shared.withLock { $0.machine.beginClose() }
+        let client: RDKafkaClient
+        switch action {
+        case .none:
+            return
+        case .wait:
+            _ = try? await Waiters.wait(in: shared, \.closeWaiters, cancelled: nil) { $0.machine.isClosed ? .success(()) : nil }
+            return
+        case .flush(let flushing):
+            client = flushing
+        }
+        _ = try? await Waiters.wait(in: shared, \.idleWaiters, cancelled: nil) { $0.machine.isIdle ? .success(()) : nil }
         _ = try? await KafkaClient.offload("flush") { () throws(CourierError) in
-            _ = rd_kafka_flush(rk.raw, KafkaClient.milliseconds(timeout))
+            client.flush(timeout: timeout)
             // Whatever is still queued fails with a delivery report now: nobody waits forever.
-            _ = rd_kafka_purge(rk.raw, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
-            _ = rd_kafka_flush(rk.raw, 1000)
+            client.purge()
+            client.flush(timeout: .seconds(1))
         }
-        guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        shared.withLock { $0.machine.flushed() }
         await finished.wait()
-        let handles = topics.withLock { topics in
-            defer { topics.removeAll() }
-            return topics.values.map { SendableHandle(raw: $0) }
+        if let handles = shared.withLock({ $0.machine.pollStopped() }) {
+            let topics = UncheckedSendable(Array(handles.topics.values))
+            _ = try? await KafkaClient.offload("destroy") { () throws(CourierError) in
+                for rkt in topics.value { client.destroyTopic(rkt) }
+                client.destroy()
+            }
         }
-        _ = try? await KafkaClient.offload("destroy") { () throws(CourierError) in
-            for rkt in handles { rd_kafka_topic_destroy(rkt.raw) }
-            KafkaClient.destroy(rk.raw)
+        let waiters = shared.withLock { shared in
+            shared.machine.destroyed()
+            return shared.closeWaiters.removeAll()
         }
+        for waiter in waiters { waiter.resume() }
     }
 }
 

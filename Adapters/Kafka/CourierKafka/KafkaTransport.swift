@@ -127,7 +127,7 @@ public final class KafkaTransport: Transport {
 
     /// The librdkafka version linked into this program. Courier builds against 2.0.2 and newer and
     /// is tested with 2.0.2 (mock cluster) and 2.8.0 (Tansu); use 2.2 or newer against real brokers.
-    public static var librdkafkaVersion: String { String(cString: rd_kafka_version_str()) }
+    public static var librdkafkaVersion: String { RDKafkaClient.version }
 
     public let configuration: Configuration
     public let capabilities: TransportCapabilities
@@ -168,9 +168,8 @@ public final class KafkaTransport: Transport {
     /// (librdkafka reconnects meanwhile).
     public static func connect(_ configuration: Configuration) async throws -> KafkaTransport {
         let producer = try KafkaProducer(settings: configuration.settings, logger: configuration.logger)
-        let rk = SendableHandle(raw: producer.rk)
         let timeout = configuration.connectTimeout
-        let name = String(cString: rd_kafka_name(producer.rk))
+        let name = producer.name
         KafkaLogs.watchBrokersDown(name)
         defer { KafkaLogs.unwatchBrokersDown(name) }
         do {
@@ -180,9 +179,7 @@ public final class KafkaTransport: Transport {
                 let deadline = start + timeout
                 while true {
                     let wait = min(.milliseconds(250), max(.milliseconds(1), deadline - .now))
-                    var metadata: UnsafePointer<rd_kafka_metadata>?
-                    let error = rd_kafka_metadata(rk.raw, 0, nil, &metadata, KafkaClient.milliseconds(wait))
-                    if let metadata { rd_kafka_metadata_destroy(metadata) }
+                    let error = producer.ping(timeout: wait)
                     if error == RD_KAFKA_RESP_ERR_NO_ERROR { return }
                     let transient =
                         error == RD_KAFKA_RESP_ERR__TIMED_OUT || error == RD_KAFKA_RESP_ERR__TRANSPORT
@@ -198,7 +195,7 @@ public final class KafkaTransport: Transport {
                     if ContinuousClock.now >= deadline {
                         throw CourierError(
                             .unreachable,
-                            "no Kafka bootstrap server of \(servers) answered within \(timeout) (\(KafkaClient.describe(error))); check the addresses and that the brokers are up, or raise connection_timeout",
+                            "no Kafka bootstrap server of \(servers) answered within \(timeout) (\(RDKafkaClient.describe(error))); check the addresses and that the brokers are up, or raise connection_timeout",
                             isRetriable: true
                         )
                     }
@@ -395,11 +392,9 @@ enum KafkaRewind {
         try await KafkaClient.withShortLivedConsumer(
             configuration: configuration, groupID: groupID, topic: topic, what: "rewinding \(description)"
         ) {
-            (rk, partitions) throws(CourierError) in
-            let milliseconds = KafkaClient.milliseconds(timeout)
-            let subscription = PartitionList(capacity: 1)
-            subscription.add(topic, courier_rdk_partition_ua())
-            rd_kafka_subscribe(rk, subscription.list)
+            (client, partitions) throws(CourierError) in
+            let subscribed = client.subscribe([topic])
+            guard subscribed == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(subscribed, "rewinding \(description)") }
             let deadline = ContinuousClock.now + joinTimeout
             var assigned = 0
             while assigned == 0 {
@@ -407,11 +402,8 @@ enum KafkaRewind {
                     throw CourierError(
                         .timeout, "rewinding \(description): joining the group took longer than \(joinTimeout)", isRetriable: true)
                 }
-                if let message = rd_kafka_consumer_poll(rk, 100) { rd_kafka_message_destroy(message) }
-                var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
-                if rd_kafka_assignment(rk, &assignment) == RD_KAFKA_RESP_ERR_NO_ERROR, let assignment {
-                    assigned = PartitionList(taking: assignment).count
-                }
+                client.consumerPoll(milliseconds: 100)?.destroy()
+                assigned = client.assignment()?.count ?? 0
             }
             guard assigned == partitions else {
                 throw CourierError(
@@ -421,9 +413,7 @@ enum KafkaRewind {
             }
             let list = PartitionList(capacity: partitions)
             for partition in 0..<Int32(partitions) {
-                var low: Int64 = 0
-                var high: Int64 = 0
-                let error = rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high, milliseconds)
+                let (low, high, error) = client.watermarks(topic, partition, timeout: timeout)
                 guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(error, "rewinding \(description)") }
                 switch position {
                 case .earliest: list.add(topic, partition, offset: low)
@@ -433,7 +423,7 @@ enum KafkaRewind {
                     let query = PartitionList(capacity: 1)
                     query.add(topic, partition, offset: cut)
                     let found =
-                        rd_kafka_offsets_for_times(rk, query.list, milliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR
+                        client.offsetsForTimes(query, timeout: timeout) == RD_KAFKA_RESP_ERR_NO_ERROR
                         && query.elements[0].err == RD_KAFKA_RESP_ERR_NO_ERROR
                     guard found else {
                         throw CourierError(
@@ -444,7 +434,7 @@ enum KafkaRewind {
                     list.add(topic, partition, offset: query.elements[0].offset >= 0 ? query.elements[0].offset : high)
                 }
             }
-            let committed = rd_kafka_commit(rk, list.list, 0)
+            let committed = client.commit(list)
             guard committed == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(committed, "rewinding \(description)") }
         }
     }
@@ -458,20 +448,17 @@ enum KafkaBrowse {
         return try await KafkaClient.withShortLivedConsumer(
             configuration: configuration, groupID: groupID, topic: topic, what: "browsing \(topic)"
         ) {
-            (rk, partitions) throws(CourierError) -> [Envelope] in
-            let milliseconds = KafkaClient.milliseconds(timeout)
+            (client, partitions) throws(CourierError) -> [Envelope] in
             let committed = PartitionList(capacity: partitions)
             for partition in 0..<Int32(partitions) { committed.add(topic, partition) }
-            let lookup = rd_kafka_committed(rk, committed.list, milliseconds)
+            let lookup = client.committed(committed, timeout: timeout)
             guard lookup == RD_KAFKA_RESP_ERR_NO_ERROR else {
                 throw KafkaClient.error(lookup, "browsing \(topic): reading group \(groupID)'s offsets")
             }
             let assignment = PartitionList(capacity: partitions)
             var ends: [Int32: Int64] = [:]
             for element in committed.elements {
-                var low: Int64 = 0
-                var high: Int64 = 0
-                let marks = rd_kafka_query_watermark_offsets(rk, topic, element.partition, &low, &high, milliseconds)
+                let (low, high, marks) = client.watermarks(topic, element.partition, timeout: timeout)
                 guard marks == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaClient.error(marks, "browsing \(topic)") }
                 let start = element.offset >= 0 ? max(element.offset, low) : low
                 if start < high {
@@ -480,18 +467,17 @@ enum KafkaBrowse {
                 }
             }
             guard assignment.count > 0 else { return [] }
-            rd_kafka_assign(rk, assignment.list)
-            defer { rd_kafka_assign(rk, nil) }
+            client.assign(assignment)
+            defer { client.assign(nil) }
             var envelopes: [(Envelope, Int64)] = []
             let deadline = ContinuousClock.now + timeout
             while !ends.isEmpty && envelopes.count < limit && ContinuousClock.now < deadline {
-                guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
-                defer { rd_kafka_message_destroy(message) }
-                guard message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR else { continue }
+                guard let message = client.consumerPoll(milliseconds: 100) else { continue }
+                defer { message.destroy() }
+                guard message.error == RD_KAFKA_RESP_ERR_NO_ERROR else { continue }
                 let (pending, timestamp) = KafkaGroupMember.pending(message)
                 envelopes.append((pending.envelope, timestamp))
-                let partition = message.pointee.partition
-                if let end = ends[partition], message.pointee.offset + 1 >= end { ends[partition] = nil }
+                if let end = ends[message.partition], message.offset + 1 >= end { ends[message.partition] = nil }
             }
             return envelopes.sorted { $0.1 < $1.1 }.map(\.0)
         }
