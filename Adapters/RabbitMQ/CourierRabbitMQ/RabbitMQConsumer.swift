@@ -9,7 +9,7 @@ import Synchronization
 ///
 /// Deliveries with the same key are handed out one at a time (the next waits for the previous
 /// one's settlement), which with a single consumer per queue gives per-key order.
-/// Delivery tags carry the connection generation in their top 16 bits: after a reconnect the
+/// Delivery tags carry the channel's generation in their top 16 bits (``RabbitMQConsumerState``): after a reconnect the
 /// broker redelivers what was not acked, and settling a delivery of the lost connection is a
 /// harmless no-op.
 final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner {
@@ -18,38 +18,25 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
     private unowned let transport: RabbitMQTransport
     private let state: Mutex<State>
 
-    private static let tagBits: UInt64 = 48
-    private static let tagMask: UInt64 = (1 << 48) - 1
-
-    private struct Outstanding {
-        var envelope: Envelope
-        var attempt: Int
-    }
-
+    private typealias Machine = RabbitMQConsumerState<Delivery>
     private typealias Waiter = Waiters<Delivery?, Void>.Waiter
 
-    private struct State {
-        var channel: UInt16 = 0
-        /// Counts the opens of this consumer's channel; the top bits of every delivery tag.
-        var generation: UInt64 = 0
-        var connectionGeneration: UInt64 = 0
-        var buffer: KeyOrderGate<Delivery>
-        var outstanding: [UInt64: Outstanding] = [:]
+    /// The state machine and the waiting `next()` calls, under one lock.
+    private struct State: Sendable {
+        var machine: Machine
         var waiters = Waiters<Delivery?, Void>()
-        var closed = false
-        var failure: CourierError?
         /// Acks not yet handed to the connection's thread, and whether a flush is scheduled:
         /// one command carries many acks.
         var pendingAcks: [(channel: UInt16, tag: UInt64, generation: UInt64)] = []
         var flushScheduled = false
 
         init(ordered: Bool) {
-            buffer = KeyOrderGate(ordered: ordered) { $0.envelope.key }
+            machine = Machine(ordered: ordered) { $0.envelope.key }
         }
 
         mutating func serve() -> [(Waiter, Delivery)] {
             var served: [(Waiter, Delivery)] = []
-            while !waiters.isEmpty, let delivery = buffer.next() {
+            while !waiters.isEmpty, let delivery = machine.next() {
                 served.append((waiters.popFirst()!, delivery))
             }
             return served
@@ -78,11 +65,7 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
         }
         try connection.check(amqp.qos(channel, prefetch: options.prefetch), "setting prefetch on \(origin)")
         try connection.check(amqp.consume(channel, queue: topology.queue(for: origin)), "consuming \(origin)")
-        state.withLock { state in
-            state.channel = channel
-            state.generation += 1
-            state.connectionGeneration = generation
-        }
+        state.withLock { $0.machine.opened(channel: channel, connectionGeneration: generation) }
     }
 
     func deliver(_ raw: RawDelivery, generation: UInt64) {
@@ -94,25 +77,19 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
             ignoring: RabbitMQTransport.ignoredBrokerHeaders
         )
         let served = state.withLock { state -> [(Waiter, Delivery)] in
-            guard !state.closed else { return [] }
-            let tag = (state.generation << Self.tagBits) | (raw.deliveryTag & Self.tagMask)
-            state.outstanding[tag] = Outstanding(envelope: envelope, attempt: attempt)
-            state.buffer.append(Delivery(envelope: envelope, attempt: attempt, origin: origin, tag: tag, settler: self))
-            return state.serve()
+            let tag = state.machine.deliver(deliveryTag: raw.deliveryTag, envelope: envelope, attempt: attempt) { tag in
+                Delivery(envelope: envelope, attempt: attempt, origin: origin, tag: tag, settler: self)
+            }
+            return tag == nil ? [] : state.serve()
         }
         for (waiter, delivery) in served { waiter.resume(returning: delivery) }
     }
 
     func channelLost(_ error: CourierError, final: Bool) {
-        let ended = state.withLock { state -> [Waiter] in
-            // Buffered deliveries will come again from the broker; keys of in-flight ones are void.
-            for delivery in state.buffer.removeAll(forgetInFlight: true) { state.outstanding[delivery.tag] = nil }
-            guard final else { return [] }
-            state.closed = true
-            if error.code != .transportClosed { state.failure = error }
-            return state.waiters.removeAll()
+        let (ended, failure) = state.withLock { state -> ([Waiter], CourierError?) in
+            state.machine.channelLost(error, final: final) { $0.tag }
+            return (final ? state.waiters.removeAll() : [], state.machine.failure)
         }
-        let failure = state.withLock { $0.failure }
         for waiter in ended {
             if let failure { waiter.resume(throwing: failure) } else { waiter.resume(returning: nil) }
         }
@@ -122,19 +99,16 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
 
     func next() async throws -> Delivery? {
         try await Waiters.wait(in: state, \.waiters, cancelled: .success(nil)) { state in
-            if let delivery = state.buffer.next() { return .success(delivery) }
-            if state.closed { return state.failure.map { .failure($0) } ?? .success(nil) }
+            if let delivery = state.machine.next() { return .success(delivery) }
+            if state.machine.closed { return state.machine.failure.map { .failure($0) } ?? .success(nil) }
             return nil
         }
     }
 
     func close() async {
         let (ended, channel) = state.withLock { state -> ([Waiter], UInt16) in
-            guard !state.closed else { return ([], 0) }
-            state.closed = true
-            state.outstanding.removeAll()
-            _ = state.buffer.removeAll(forgetInFlight: true)
-            return (state.waiters.removeAll(), state.channel)
+            guard let channel = state.machine.close() else { return ([], 0) }
+            return (state.waiters.removeAll(), channel)
         }
         for waiter in ended { waiter.resume(returning: nil) }
         guard channel != 0 else { return }
@@ -145,43 +119,31 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
 
     // MARK: DeliverySettler
 
-    /// What settling a tag found.
-    private enum Settlement {
-        /// A delivery of the current channel: ack it there.
-        case current(Outstanding, channel: UInt16, connectionGeneration: UInt64)
-        /// A delivery of a channel or connection since lost: the broker redelivers it anyway.
-        case stale(Outstanding?)
-    }
-
-    /// Removes `tag` from the outstanding deliveries and releases its key. Throws
-    /// `deliveryAlreadySettled` for a tag settled before (or returned by `close`).
-    private func settle(_ tag: UInt64) throws(CourierError) -> Settlement {
-        let (settlement, served) = state.withLock { state -> (Settlement?, [(Waiter, Delivery)]) in
-            let current = tag >> Self.tagBits == state.generation
-            guard let outstanding = state.outstanding.removeValue(forKey: tag) else {
-                return (current || state.closed ? nil : .stale(nil), [])
-            }
-            guard current else { return (.stale(outstanding), []) }
-            state.buffer.release(key: outstanding.envelope.key)
-            return (.current(outstanding, channel: state.channel, connectionGeneration: state.connectionGeneration), state.serve())
+    /// Settles `tag` and serves the waiters; throws `deliveryAlreadySettled` for a tag
+    /// settled before (or returned by `close`).
+    private func settle(_ tag: UInt64) throws(CourierError) -> Machine.Settlement {
+        let (settlement, served) = state.withLock { state -> (Machine.Settlement?, [(Waiter, Delivery)]) in
+            let settlement = state.machine.settle(tag)
+            guard case .current = settlement else { return (settlement, []) }
+            return (settlement, state.serve())
         }
         for (waiter, delivery) in served { waiter.resume(returning: delivery) }
-        guard let settlement else { throw CourierError.alreadySettled(deliveryTag: tag & Self.tagMask) }
+        guard let settlement else { throw CourierError.alreadySettled(deliveryTag: tag & Machine.tagMask) }
         return settlement
     }
 
-    private func peek(_ tag: UInt64) throws(CourierError) -> Outstanding? {
-        let (outstanding, stale) = state.withLock { state in
-            (state.outstanding[tag], tag >> Self.tagBits != state.generation && !state.closed)
+    /// What `tag` holds (`nil`: a delivery of a lost channel); throws for a settled tag.
+    private func peek(_ tag: UInt64) throws(CourierError) -> Machine.Outstanding? {
+        guard let found = state.withLock({ $0.machine.peek(tag) }) else {
+            throw CourierError.alreadySettled(deliveryTag: tag & Machine.tagMask)
         }
-        if outstanding == nil && !stale { throw CourierError.alreadySettled(deliveryTag: tag & Self.tagMask) }
-        return outstanding
+        return found
     }
 
     func ack(tag: UInt64) async throws {
         guard case .current(_, let channel, let generation) = try settle(tag) else { return }
         let schedule = state.withLock { state in
-            state.pendingAcks.append((channel, tag & Self.tagMask, generation))
+            state.pendingAcks.append((channel, tag & Machine.tagMask, generation))
             defer { state.flushScheduled = true }
             return !state.flushScheduled
         }
