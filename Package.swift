@@ -11,6 +11,8 @@ let package = Package(
     products: [
         .library(name: "Courier", targets: ["Courier"]),
         .library(name: "CourierBus", targets: ["CourierBus"]),
+        .library(name: "CourierOutbox", targets: ["CourierOutbox"]),
+        .library(name: "CourierSQLite", targets: ["CourierSQLite"]),
         .library(name: "CourierConformance", targets: ["CourierConformance"]),
         .library(name: "CourierRabbitMQ", targets: ["CourierRabbitMQ"]),
         .library(name: "CourierKafka", targets: ["CourierKafka"]),
@@ -26,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.0.0", traits: [.defaults, "Logging"]),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         .target(
@@ -46,6 +49,28 @@ let package = Package(
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: strictness
+        ),
+        .target(
+            name: "CourierOutbox",
+            dependencies: [
+                "Courier",
+                "CourierBus",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictness
+        ),
+        .target(
+            name: "CourierSQLite",
+            dependencies: [
+                "Courier",
+                "CourierBus",
+                "CourierOutbox",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Stores/SQLite/CourierSQLite",
             swiftSettings: strictness
         ),
         .target(
@@ -135,6 +160,14 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictness
+        ),
+        .testTarget(
+            name: "CourierStoreTests",
+            dependencies: [
+                "Courier", "CourierBus", "CourierOutbox", "CourierSQLite",
+                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strictness
         ),

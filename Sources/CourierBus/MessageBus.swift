@@ -146,32 +146,52 @@ public final class MessageBus: Sendable {
     /// Publishes and sends `messages` in order, consecutive messages to one destination in one
     /// transport call, returning once all are confirmed.
     func deliver(_ messages: [OutgoingMessage], causedBy cause: MessageContext?) async throws {
+        try await deliver(staged: messages.map { try stage($0, causedBy: cause) })
+    }
+
+    /// Encodes `messages` as the bus publishes them — serializer, type, content type, source,
+    /// and the correlation and causation ids of `cause` (by default the message the current
+    /// task handles) — without sending them: what an outbox stores inside a database
+    /// transaction, to be sent by ``deliver(staged:)`` after the commit.
+    public func stage(_ messages: [OutgoingMessage], causedBy cause: MessageContext? = MessageContext.current) throws -> [StagedMessage] {
+        try messages.map { try stage($0, causedBy: cause) }
+    }
+
+    private func stage(_ message: OutgoingMessage, causedBy cause: MessageContext?) throws -> StagedMessage {
+        StagedMessage(kind: message.kind, destination: message.destination, envelope: try envelope(for: message, causedBy: cause))
+    }
+
+    /// Publishes and sends staged messages in order — consecutive ones of one type to one
+    /// destination in one transport call — through every middleware's
+    /// ``BusMiddleware/prepare(_:)`` and the bus's tracing and metrics, returning once the
+    /// transport confirmed all of them.
+    public func deliver(staged messages: [StagedMessage]) async throws {
         var start = messages.startIndex
         while start < messages.endIndex {
             let first = messages[start]
+            let type = first.envelope.type ?? ""
             var end = start + 1
             while end < messages.endIndex, messages[end].kind == first.kind, messages[end].destination == first.destination,
-                messages[end].type == first.type
+                messages[end].envelope.type ?? "" == type
             {
                 end += 1
             }
-            var envelopes = try messages[start..<end].map { try envelope(for: $0, causedBy: cause) }
+            var envelopes = messages[start..<end].map(\.envelope)
             if !configuration.middleware.isEmpty {
-                envelopes = try await prepared(envelopes, kind: first.kind, destination: first.destination, type: first.type)
+                envelopes = try await prepared(envelopes, kind: first.kind, destination: first.destination, type: type)
             }
-            try await post(envelopes, kind: first.kind, destination: first.destination, type: first.type)
+            try await post(envelopes, kind: first.kind, destination: first.destination, type: type)
             start = end
         }
     }
 
     /// `envelopes` after every middleware's ``BusMiddleware/prepare(_:)``, in order.
-    private func prepared(_ envelopes: [Envelope], kind: OutgoingMessage.Kind, destination: String, type: String) async throws -> [Envelope]
-    {
+    private func prepared(_ envelopes: [Envelope], kind: MessageKind, destination: String, type: String) async throws -> [Envelope] {
         var result: [Envelope] = []
         result.reserveCapacity(envelopes.count)
         for envelope in envelopes {
             var message = OutboundMessage(
-                envelope: envelope, kind: kind == .event ? .event : .command, destination: destination, messageType: type
+                envelope: envelope, kind: kind, destination: destination, messageType: type
             )
             for middleware in configuration.middleware { try await middleware.prepare(&message) }
             result.append(message.envelope)
@@ -202,7 +222,7 @@ public final class MessageBus: Sendable {
         return envelope
     }
 
-    private func post(_ envelopes: [Envelope], kind: OutgoingMessage.Kind, destination: String, type: String) async throws {
+    private func post(_ envelopes: [Envelope], kind: MessageKind, destination: String, type: String) async throws {
         var envelopes = envelopes
         let span = tracer.startSpan(
             "\(destination) \(kind == .event ? "publish" : "send")", context: ServiceContext.current ?? .topLevel, ofKind: .producer
@@ -233,7 +253,7 @@ public final class MessageBus: Sendable {
         span.end()
     }
 
-    private func publishMetrics(destination: String, kind: OutgoingMessage.Kind, type: String) -> PublishMetrics {
+    private func publishMetrics(destination: String, kind: MessageKind, type: String) -> PublishMetrics {
         let name = "\(kind.rawValue)|\(destination)|\(type)"
         if let known = state.withLock({ $0.publishMetrics[name] }) { return known }
         let made = PublishMetrics(destination: destination, kind: kind.rawValue, type: type, factory: metricsFactory)

@@ -53,8 +53,7 @@ public struct MessageContext: Sendable {
 /// An event to publish or a command to send, for ``MessageContext/deliver(_:)`` and
 /// ``MessageBus/transform(_:group:options:_:)``.
 public struct OutgoingMessage: Sendable {
-    enum Kind: String, Sendable { case event, command }
-    let kind: Kind
+    let kind: MessageKind
     let destination: String
     let type: String
     let key: String?
@@ -82,3 +81,20 @@ public struct OutgoingMessage: Sendable {
 /// at once, with the error in its headers. For failures that cannot heal, such as a
 /// business rule the message breaks.
 public protocol NonRetriableError: Error {}
+
+/// A message encoded by ``MessageBus/stage(_:causedBy:)``, ready for
+/// ``MessageBus/deliver(staged:)``: what an outbox keeps between the commit and the broker.
+public struct StagedMessage: Sendable {
+    /// An event (to a topic) or a command (to a queue).
+    public var kind: MessageKind
+    /// The topic or queue.
+    public var destination: String
+    /// The message as the transport gets it (before the middleware's `prepare`).
+    public var envelope: Envelope
+
+    public init(kind: MessageKind, destination: String, envelope: Envelope) {
+        self.kind = kind
+        self.destination = destination
+        self.envelope = envelope
+    }
+}
