@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "CourierBus", targets: ["CourierBus"]),
         .library(name: "CourierOutbox", targets: ["CourierOutbox"]),
         .library(name: "CourierSQLite", targets: ["CourierSQLite"]),
+        .library(name: "CourierPostgres", targets: ["CourierPostgres"]),
         .library(name: "CourierConformance", targets: ["CourierConformance"]),
         .library(name: "CourierRabbitMQ", targets: ["CourierRabbitMQ"]),
         .library(name: "CourierKafka", targets: ["CourierKafka"]),
@@ -29,6 +30,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.0.0", traits: [.defaults, "Logging"]),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.29.0"),
     ],
     targets: [
         .target(
@@ -71,6 +74,19 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Stores/SQLite/CourierSQLite",
+            swiftSettings: strictness
+        ),
+        .target(
+            name: "CourierPostgres",
+            dependencies: [
+                "Courier",
+                "CourierBus",
+                "CourierOutbox",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Stores/PostgreSQL/CourierPostgres",
             swiftSettings: strictness
         ),
         .target(
@@ -185,6 +201,9 @@ let package = Package(
             name: "CourierIntegrationTests",
             dependencies: [
                 "Courier", "CourierBus", "CourierConformance", "CourierRabbitMQ", "CRabbitMQ", "CourierKafka", "CourierTransports",
+                "CourierOutbox", "CourierPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "IntegrationTests",
             exclude: ["README.md"],

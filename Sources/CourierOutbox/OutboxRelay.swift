@@ -95,7 +95,11 @@ public final class OutboxRelay: Service, Sendable {
     /// it finishes the batch in hand).
     public func run() async throws {
         try await withGracefulShutdownHandler {
-            try await loop()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await self.storage.watchCommits() }
+                defer { group.cancelAll() }
+                try await loop()
+            }
         } onGracefulShutdown: {
             self.stopping.store(true, ordering: .relaxed)
         }

@@ -27,11 +27,20 @@ public protocol OutboxStorage: Sendable {
     /// Returns when rows may have been committed since the last call, or after `timeout`.
     func waitForCommits(timeout: Duration) async
 
+    /// Watches for commits in the background while the relay runs (until cancelled), for
+    /// stores that learn of them from the database (PostgreSQL's `LISTEN`). Returns at once
+    /// where commits are signalled in process.
+    func watchCommits() async
+
     /// The unsent rows: how many, and when the oldest was written.
     func backlog() async throws -> OutboxBacklog
 
     /// Deletes sent rows and inbox ids recorded before `date`; returns how many went.
     func purge(before date: Date) async throws -> Int
+}
+
+extension OutboxStorage {
+    public func watchCommits() async {}
 }
 
 /// What waits in an outbox.

@@ -98,7 +98,8 @@ public final class SQLiteMessageStore: OutboxStorage, Sendable {
         do {
             let applied = try writer.read { db -> [String] in
                 guard try db.tableExists("grdb_migrations") else { return [] }
-                return try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations WHERE identifier LIKE ?", arguments: [prefix + "%"])
+                return try String.fetchAll(
+                    db, sql: "SELECT identifier FROM grdb_migrations WHERE identifier LIKE ?", arguments: [prefix + "%"])
             }
             if let newer = applied.first(where: { !known.contains($0) }) {
                 throw CourierError(
@@ -207,7 +208,8 @@ public final class SQLiteMessageStore: OutboxStorage, Sendable {
                 for chunk in sequences.chunked(500) {
                     try db.execute(
                         sql: "UPDATE \(outbox) SET claimed_by = ?, claimed_until = ? WHERE sequence IN (\(Self.placeholders(chunk.count)))",
-                        arguments: StatementArguments([owner, now + Self.milliseconds(lease)] as [any DatabaseValueConvertible] + chunk.map { $0 }))
+                        arguments: StatementArguments(
+                            [owner, now + Self.milliseconds(lease)] as [any DatabaseValueConvertible] + chunk.map { $0 }))
                 }
                 return .commit
             }
@@ -229,7 +231,8 @@ public final class SQLiteMessageStore: OutboxStorage, Sendable {
         try await writer.write { db in
             for chunk in sequences.chunked(500) {
                 try db.execute(
-                    sql: "UPDATE \(outbox) SET status = 1, sent_at = ?, claimed_by = NULL WHERE sequence IN (\(Self.placeholders(chunk.count)))",
+                    sql:
+                        "UPDATE \(outbox) SET status = 1, sent_at = ?, claimed_by = NULL WHERE sequence IN (\(Self.placeholders(chunk.count)))",
                     arguments: StatementArguments([Self.now()] + Array(chunk)))
             }
         }
@@ -290,7 +293,8 @@ public final class SQLiteMessageStore: OutboxStorage, Sendable {
         let outbox = tables.outbox
         return try await writer.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT sequence, message_id, failure FROM \(outbox) WHERE status = 2 ORDER BY sequence LIMIT ?", arguments: [limit]
+                db, sql: "SELECT sequence, message_id, failure FROM \(outbox) WHERE status = 2 ORDER BY sequence LIMIT ?",
+                arguments: [limit]
             ).map { ($0["sequence"], $0["message_id"], $0["failure"] ?? "") }
         }
     }
