@@ -26,7 +26,9 @@ struct CourierCommand: AsyncParsableCommand {
               courier dead-letters list --queue create-customer --transport amqp://localhost
               courier bench --messages 1000000 --size 256 --publishers 4 --consumers 4
             """,
-        subcommands: [Demo.self, Publish.self, Send.self, Consume.self, Tail.self, DeadLetters.self, Topology.self, Bench.self]
+        subcommands: [
+            Demo.self, Publish.self, Send.self, Consume.self, Tail.self, DeadLetters.self, Topology.self, Bench.self, DemoService.self,
+        ]
     )
 }
 
