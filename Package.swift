@@ -189,6 +189,7 @@ let package = Package(
             dependencies: [
                 "Courier", "CourierBus", "CourierOutbox", "CourierSQLite",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strictness
         ),

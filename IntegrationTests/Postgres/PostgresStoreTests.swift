@@ -282,6 +282,49 @@ extension BrokerIntegration {
             try await bus.shutdown()
         }
 
+        /// The README's PostgreSQL example, verbatim between the marks.
+        @Test func theReadmeExampleRuns() async throws {
+            struct CreateCustomer: IntegrationCommand {
+                static let queue = "marketing.readme-create-customer"
+                var customerID: Int
+                var name: String
+            }
+            let databaseURL = PostgresDatabase.url
+            let bus = MessageBus(transport: try InMemoryTransport())
+            let logger = logger
+
+            // README begin
+            // Checks the login at once, runs its own connection pool, creates or migrates its tables.
+            let store = try await PostgresMessageStore.connect(url: databaseURL, bus: bus)
+            try await store.client.query("CREATE TABLE IF NOT EXISTS customer (id BIGINT PRIMARY KEY, name TEXT NOT NULL)", logger: logger)
+
+            // The web store: the customer and the command commit together, or neither does.
+            try await store.client.withTransaction(logger: logger) { connection in
+                try await connection.query("INSERT INTO customer VALUES (\(7), \("Ada Lovelace")) ON CONFLICT DO NOTHING", logger: logger)
+                try await store.outbox(connection).send(CreateCustomer(customerID: 7, name: "Ada Lovelace"))
+            }
+
+            // Marketing: its work and the command's id commit together; the ack follows the commit.
+            try await bus.handle(CreateCustomer.self, inbox: store) { command, context in
+                try await context.connection.query(
+                    "UPDATE customer SET name = \(command.name) WHERE id = \(command.customerID)", logger: logger)
+            }
+            let relay = store.relay()  // a Service: run it beside the bus (NOTIFY wakes it on commit)
+            // README end
+
+            let running = Task { try await relay.run() }
+            var handled = false
+            for _ in 0..<200 where !handled {
+                try await Task.sleep(for: .milliseconds(50))
+                handled = try await store.backlog().count == 0
+            }
+            #expect(handled, "the relay sent the command")
+            running.cancel()
+            _ = try? await running.value
+            try await bus.shutdown()
+            await store.close()
+        }
+
         @Test func badInputGivesTypedErrorsWithoutThePassword() async throws {
             let bus = MessageBus(transport: try InMemoryTransport())
             for url in ["postgres://", "mysql://u:p@h/d", "postgres://127.0.0.1/courier", "postgres://u:p@h/d?sslmode=maybe"] {
