@@ -72,13 +72,22 @@ extension BrokerIntegration {
         private func unique(_ name: String) -> String { "tool-\(name)-\(MessageID.random().prefix(8).lowercased())" }
 
         /// The README's main job, on every transport: the summary says every customer arrived once.
+        /// The services keep their customers in SQLite by default, in PostgreSQL with `--store`,
+        /// and the summary counts what the databases hold.
         @Test func theDemoDeliversEveryCustomerExactlyOnce() async throws {
-            for transport in ["memory://", RabbitMQBroker.url, KafkaBroker.url()] {
-                let run = try await Started(["demo", "--customers", "30"], input: nil, transport: transport).finish(within: .seconds(120))
-                #expect(run.status == 0, "demo on \(TransportURL.redacted(transport)): \(run.errors)\n\(run.output)")
+            let runs: [(transport: String, store: [String], source: String)] = [
+                ("memory://", [], "the databases"), (RabbitMQBroker.url, [], "the databases"), (KafkaBroker.url(), [], "the databases"),
+                (RabbitMQBroker.url, ["--store", PostgresDatabase.url], "the databases"),
+                ("memory://", ["--store", "none"], "the demo's counters"),
+            ]
+            for (transport, store, source) in runs {
+                let run = try await Started(["demo", "--customers", "30"] + store, input: nil, transport: transport).finish(
+                    within: .seconds(120))
+                #expect(run.status == 0, "demo on \(TransportURL.redacted(transport)) \(store): \(run.errors)\n\(run.output)")
                 #expect(run.output.contains("✔ every customer arrived exactly once"), "\(run.output)")
+                #expect(run.output.contains("counts from \(source)"), "\(run.output)")
                 #expect(run.lines.filter { $0.contains("marketing    stored customer") }.count == 30, "the flow is shown as it happens")
-                #expect(!run.output.contains("guest:guest"), "the password is redacted")
+                #expect(!run.output.contains("guest:guest") && !run.output.contains("courier:courier"), "passwords are redacted")
             }
         }
 
@@ -294,6 +303,7 @@ extension BrokerIntegration {
             ["bench", "--publishers", "0"],
             ["demo", "--customers", "0"],
             ["demo", "--idle-timeout", "99999999999"],
+            ["demo", "--store", "mysql://user:secret@h/d"],
             ["dead-letters", "list", "--queue", "q", "--limit", "0"],
             ["dead-letters", "show", "x", "--queue", "q", "--limit=-1"],
         ])

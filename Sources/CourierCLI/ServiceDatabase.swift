@@ -27,6 +27,12 @@ protocol ServiceDatabase: Sendable {
     /// Subscribes marketing as `group`: each event of `runID` stores its customer in the
     /// transaction that records the message id; the ack follows the commit.
     func storeCustomers(of runID: String, bus: MessageBus, group: String, options: HandlerOptions) async throws
+    /// Handles marketing's `CreateCustomer` commands of `runID` through the inbox: the customer's
+    /// row and the command's id commit together, then the ack; `stored` runs in the
+    /// transaction, after the row is written.
+    func createCustomers(
+        of runID: String, bus: MessageBus, options: HandlerOptions, stored: @escaping @Sendable (CreateCustomer, MessageContext) -> Void
+    ) async throws
     /// How often each customer was stored, by id.
     func customers() async throws -> [Int: Int]
     /// Closes what the database owns.
@@ -104,6 +110,19 @@ struct SQLiteServiceDatabase: ServiceDatabase {
         }
     }
 
+    func createCustomers(
+        of runID: String, bus: MessageBus, options: HandlerOptions, stored: @escaping @Sendable (CreateCustomer, MessageContext) -> Void
+    ) async throws {
+        let table = table
+        try await bus.handle(CreateCustomer.self, inbox: store, options: options) { command, context in
+            guard command.runID == runID else { return }
+            try context.db.execute(
+                sql: "INSERT INTO \(table) (id, name, times) VALUES (?, ?, 1) ON CONFLICT(id) DO UPDATE SET times = times + 1",
+                arguments: [command.customerID, command.fullName])
+            stored(command, context.message)
+        }
+    }
+
     func customers() async throws -> [Int: Int] {
         let table = table
         return try await store.writer.read { db in
@@ -154,6 +173,21 @@ struct PostgresServiceDatabase: ServiceDatabase {
                 INSERT INTO \(unescaped: table) (id, name, times) VALUES (\(event.customerID), \(event.name), 1)
                 ON CONFLICT (id) DO UPDATE SET times = \(unescaped: table).times + 1
                 """, logger: logger)
+        }
+    }
+
+    func createCustomers(
+        of runID: String, bus: MessageBus, options: HandlerOptions, stored: @escaping @Sendable (CreateCustomer, MessageContext) -> Void
+    ) async throws {
+        let (table, logger) = (table, logger)
+        try await bus.handle(CreateCustomer.self, inbox: store, options: options) { command, context in
+            guard command.runID == runID else { return }
+            try await context.connection.query(
+                """
+                INSERT INTO \(unescaped: table) (id, name, times) VALUES (\(command.customerID), \(command.fullName), 1)
+                ON CONFLICT (id) DO UPDATE SET times = \(unescaped: table).times + 1
+                """, logger: logger)
+            stored(command, context.message)
         }
     }
 
