@@ -177,11 +177,23 @@ let package = Package(
                 "Courier",
                 "CourierBus",
                 "CourierConformance",
+                "CourierStoreConformance",
                 "CourierTransports",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strictness
+        ),
+        .target(
+            name: "CourierStoreConformance",
+            dependencies: [
+                "Courier", "CourierBus", "CourierConformance", "CourierOutbox", "CourierSQLite", "CourierPostgres",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/StoreConformance",
             swiftSettings: strictness
         ),
         .testTarget(
@@ -207,7 +219,7 @@ let package = Package(
             name: "CourierIntegrationTests",
             dependencies: [
                 "Courier", "CourierBus", "CourierConformance", "CourierRabbitMQ", "CRabbitMQ", "CourierKafka", "CourierTransports",
-                "CourierOutbox", "CourierPostgres",
+                "CourierOutbox", "CourierPostgres", "CourierStoreConformance",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

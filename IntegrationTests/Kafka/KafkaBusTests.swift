@@ -1,13 +1,15 @@
 import Courier
 import CourierConformance
 import CourierKafka
+import CourierStoreConformance
 import Testing
 
 extension BrokerIntegration.KafkaIntegration {
     /// The bus scenarios on Kafka (the mock cluster, or `COURIER_KAFKA_BROKERS`).
     @Suite("Bus conformance: KafkaTransport")
     struct KafkaBusTests {
-        static let bus = BusConformance { try await KafkaBroker.connect() }
+        /// B7 runs with SQLite's inbox (CourierSQLite).
+        static let bus = BusConformance(inbox: try! SQLiteConformanceInbox()) { try await KafkaBroker.connect() }
 
         @Test("bus scenario", arguments: BusScenario.allCases)
         func scenario(_ scenario: BusScenario) async throws {

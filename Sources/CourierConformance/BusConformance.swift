@@ -13,6 +13,7 @@ public enum BusScenario: String, CaseIterable, Sendable, CustomStringConvertible
     case perKeyConcurrency = "B4. concurrency with per-key order"
     case gracefulShutdown = "B5. graceful shutdown loses nothing"
     case deadLetterReplay = "B6. dead letters listed and replayed"
+    case exactlyOnceWithInbox = "B7. exactly-once effect with an inbox"
 
     public var description: String { rawValue }
 }
@@ -35,10 +36,16 @@ public struct BusConformance: Sendable {
     let makeTransport: @Sendable () async throws -> any Transport
     /// How long a scenario waits without progress before it fails.
     public var idleTimeout: Duration
+    /// The inbox scenario B7 drives: a store's, or the in-memory reference.
+    public var inbox: any ConformanceInbox
 
     /// Creates the runner.
-    public init(idleTimeout: Duration = .seconds(20), makeTransport: @escaping @Sendable () async throws -> any Transport) {
+    public init(
+        idleTimeout: Duration = .seconds(20), inbox: any ConformanceInbox = InMemoryConformanceInbox(),
+        makeTransport: @escaping @Sendable () async throws -> any Transport
+    ) {
         self.idleTimeout = idleTimeout
+        self.inbox = inbox
         self.makeTransport = makeTransport
     }
 
@@ -54,6 +61,7 @@ public struct BusConformance: Sendable {
             case .perKeyConcurrency: try await run.perKeyConcurrency()
             case .gracefulShutdown: try await run.gracefulShutdown()
             case .deadLetterReplay: try await run.deadLetterReplay()
+            case .exactlyOnceWithInbox: try await run.exactlyOnceWithInbox()
             }
         }
         let milliseconds =
@@ -472,5 +480,69 @@ private struct BusRun {
         try await second.shutdown()
         return
             "\(byFirst) running handlers finished within the deadline, the other \(orders - byFirst) orders waited for the next instance; none lost, \(all.count - Set(all).count) duplicates"
+    }
+
+    /// Commands whose handling commits but whose ack never comes (a middleware throws after
+    /// the commit, as a process killed there would leave them) and commands whose commit fails
+    /// once: redelivered, each effect still counts once.
+    func exactlyOnceWithInbox() async throws -> String {
+        let commands = 60
+        let lostAcks = LoseAckAfterCommit()
+        let bus = try await bus(MessageBus.Configuration(middleware: [lostAcks]))
+        var options = HandlerOptions(concurrency: 4)
+        options.retryPolicy = RetryPolicy(immediateRetries: 0, delayedRetries: 10, initialDelay: .milliseconds(50), maxDelay: .seconds(1))
+        let failedCommits = Locked<Set<Int>>([])
+        let inbox = suite.inbox
+        try await inbox.handle(BusImportRow.self, on: bus, options: options, effect: { $0.row }) { command in
+            guard command.row % 3 == 0, failedCommits.withLock({ $0.insert(command.row).inserted }) else { return }
+            throw CourierError(.timeout, "the commit failed (on purpose, once)", isRetriable: true)
+        }
+        try await bus.send((0..<commands).map { BusImportRow(row: $0) })
+        let lost = (commands + 1) / 2
+        try await wait(
+            "\(lost) lost acks redelivered", progress: { lostAcks.progress },
+            until: { lostAcks.lost == lost && lostAcks.redelivered == lost })
+        try await poll("\(commands) effects", progress: { lostAcks.progress }, until: { try await inbox.effects().count == commands })
+        try await Task.sleep(for: .milliseconds(300))
+        let effects = try await inbox.effects()
+        try await bus.shutdown()
+        let twice = effects.filter { $0.value > 1 }.keys.sorted()
+        try check(twice.isEmpty, "rows \(twice) took effect more than once")
+        try check(Set(effects.keys) == Set(0..<commands), "rows \(Set(0..<commands).subtracting(effects.keys).sorted()) never took effect")
+        return
+            "\(commands) commands, \(lost) acks lost after their commit and redelivered, \(failedCommits.value.count) commits failed once: each effect counted once"
+    }
+}
+
+/// Throws after every second command's first successful handling — after its inbox commit,
+/// before the ack — and counts the redeliveries of those commands.
+private final class LoseAckAfterCommit: BusMiddleware, Sendable {
+    private struct State {
+        var handledOnce = 0
+        var lost: Set<String> = []
+        var redelivered: Set<String> = []
+    }
+
+    private let state = Mutex(State())
+
+    var lost: Int { state.withLock { $0.lost.count } }
+    var redelivered: Int { state.withLock { $0.redelivered.count } }
+    var progress: Int { state.withLock { $0.handledOnce + $0.redelivered.count } }
+
+    func handle(_ message: InboundMessage, next: (InboundMessage) async throws -> Void) async throws {
+        let id = message.envelope.id
+        try await next(message)
+        let loseIt = state.withLock { state -> Bool in
+            if state.lost.contains(id) {
+                state.redelivered.insert(id)
+                return false
+            }
+            if state.redelivered.contains(id) { return false }
+            state.handledOnce += 1
+            guard state.handledOnce % 2 == 1 else { return false }
+            state.lost.insert(id)
+            return true
+        }
+        if loseIt { throw CourierError(.transportClosed, "the ack was lost after the commit (on purpose)", isRetriable: true) }
     }
 }

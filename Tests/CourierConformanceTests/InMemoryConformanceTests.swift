@@ -1,5 +1,8 @@
 import Courier
+import CourierBus
 import CourierConformance
+import CourierStoreConformance
+import Synchronization
 import Testing
 
 /// The whole conformance suite, full counts, on the in-memory transport.
@@ -41,7 +44,8 @@ struct ConformanceReadmeTests {
 @Suite("Bus conformance: InMemoryTransport")
 struct InMemoryBusConformanceTests {
     static let broker = try! InMemoryBroker()
-    static let bus = BusConformance { InMemoryTransport(broker: broker) }
+    /// B7 runs with SQLite's inbox (CourierSQLite).
+    static let bus = BusConformance(inbox: try! SQLiteConformanceInbox()) { InMemoryTransport(broker: broker) }
 
     @Test("bus scenario", arguments: BusScenario.allCases)
     func scenario(_ scenario: BusScenario) async throws {
@@ -49,4 +53,37 @@ struct InMemoryBusConformanceTests {
         print("[bus memory] \(line)")
         if let failure { Issue.record("\(failure)") }
     }
+
+    /// B7 with the library's reference inbox, as a transport author without a database runs it.
+    @Test func exactlyOnceWithTheReferenceInbox() async throws {
+        let bus = BusConformance(inbox: InMemoryConformanceInbox()) { InMemoryTransport(broker: Self.broker) }
+        let (line, failure) = try await bus.outcome(of: .exactlyOnceWithInbox)
+        print("[bus memory, reference inbox] \(line)")
+        if let failure { Issue.record("\(failure)") }
+    }
+
+    /// B7 can fail: a handler that commits its effect but records no message id counts the
+    /// redelivered commands twice.
+    @Test func exactlyOnceFailsWithoutAnInbox() async throws {
+        let bus = BusConformance(inbox: NoInbox()) { InMemoryTransport(broker: Self.broker) }
+        let (line, failure) = try await bus.outcome(of: .exactlyOnceWithInbox)
+        #expect(failure?.message.contains("more than once") == true, "\(line)")
+    }
+}
+
+/// Effects without an inbox: every call that does not throw counts.
+final class NoInbox: ConformanceInbox {
+    private let counted = Mutex<[Int: Int]>([:])
+
+    func handle<C: IntegrationCommand>(
+        _ type: C.Type, on bus: MessageBus, options: HandlerOptions, effect: @escaping @Sendable (C) -> Int,
+        then: @escaping @Sendable (C) throws -> Void
+    ) async throws {
+        try await bus.handle(C.self, options: options) { command, _ in
+            try then(command)
+            self.counted.withLock { $0[effect(command), default: 0] += 1 }
+        }
+    }
+
+    func effects() async throws -> [Int: Int] { counted.withLock { $0 } }
 }
