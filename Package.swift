@@ -219,8 +219,9 @@ let package = Package(
             name: "CourierIntegrationTests",
             dependencies: [
                 "Courier", "CourierBus", "CourierConformance", "CourierRabbitMQ", "CRabbitMQ", "CourierKafka", "CourierTransports",
-                "CourierOutbox", "CourierPostgres", "CourierStoreConformance",
+                "CourierOutbox", "CourierPostgres", "CourierSQLite", "CourierStoreConformance",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "IntegrationTests",

@@ -90,6 +90,12 @@ struct Bench: AsyncParsableCommand {
     )
     var poison: Double?
 
+    @Option(
+        help: ArgumentHelp(
+            "Measure the outbox and the inbox instead, in a store (sqlite for a temporary file, a file path, or a postgres:// URL): direct publishing, the relay, commit-to-delivery latency at --rate (1000/s) for --duration (5 s), and the inbox's CPU.",
+            valueName: "store"))
+    var outbox: String?
+
     @Option(help: "With --phases: messages per send call; publishers × batch messages are in flight.")
     var batch: Int = 100
 
@@ -115,6 +121,9 @@ struct Bench: AsyncParsableCommand {
         if bus && (phases || duration != nil || rate != nil) {
             throw ValidationError("--bus takes --messages and --poison, not --phases, --duration or --rate")
         }
+        if outbox != nil && (phases || bus || poison != nil) {
+            throw ValidationError("--outbox takes --messages, --size, --rate and --duration, not --phases, --bus or --poison")
+        }
         if let poison {
             guard bus else { throw ValidationError("--poison goes with --bus") }
             guard poison.isFinite, poison > 0, poison <= 50 else {
@@ -132,6 +141,7 @@ struct Bench: AsyncParsableCommand {
     func run() async throws {
         if phases { return try await runPhases() }
         if bus { return try await runBus() }
+        if let outbox { return try await runOutbox(outbox) }
         let transport = try await transportOptions.connect()
         let topic = destination ?? "courier-bench-\(UInt32.random(in: 0...UInt32.max))"
         let group = "bench-\(UInt32.random(in: 0...UInt32.max))"

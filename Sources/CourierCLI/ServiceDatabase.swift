@@ -35,6 +35,11 @@ protocol ServiceDatabase: Sendable {
     ) async throws
     /// How often each customer was stored, by id.
     func customers() async throws -> [Int: Int]
+    /// Writes `events` into the outbox in one transaction (for `courier bench --outbox`).
+    func stage<E: IntegrationEvent>(_ events: [E]) async throws
+    /// Handles commands of `C` through the inbox with `body` as the whole work.
+    func handle<C: IntegrationCommand>(_ type: C.Type, bus: MessageBus, options: HandlerOptions, _ body: @escaping @Sendable (C) -> Void)
+        async throws
     /// Closes what the database owns.
     func close() async
 }
@@ -134,6 +139,19 @@ struct SQLiteServiceDatabase: ServiceDatabase {
         }
     }
 
+    func stage<E: IntegrationEvent>(_ events: [E]) async throws {
+        let store = store
+        try await store.writer.write { db in
+            try store.outbox(db).deliver(events.map { .publish($0) })
+        }
+    }
+
+    func handle<C: IntegrationCommand>(_ type: C.Type, bus: MessageBus, options: HandlerOptions, _ body: @escaping @Sendable (C) -> Void)
+        async throws
+    {
+        try await bus.handle(C.self, inbox: store, options: options) { command, _ in body(command) }
+    }
+
     func close() async {}
 }
 
@@ -198,6 +216,19 @@ struct PostgresServiceDatabase: ServiceDatabase {
             result[id] = times
         }
         return result
+    }
+
+    func stage<E: IntegrationEvent>(_ events: [E]) async throws {
+        let (store, logger) = (store, logger)
+        try await store.client.withTransaction(logger: logger) { connection in
+            try await store.outbox(connection).deliver(events.map { .publish($0) })
+        }
+    }
+
+    func handle<C: IntegrationCommand>(_ type: C.Type, bus: MessageBus, options: HandlerOptions, _ body: @escaping @Sendable (C) -> Void)
+        async throws
+    {
+        try await bus.handle(C.self, inbox: store, options: options) { command, _ in body(command) }
     }
 
     func close() async { await store.close() }
