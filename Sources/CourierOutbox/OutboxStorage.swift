@@ -43,6 +43,22 @@ extension OutboxStorage {
     public func watchCommits() async {}
 }
 
+/// An outbox row the relay parked: the broker refused it for good.
+public struct FailedOutboxMessage: Sendable, Hashable {
+    /// The row's position in commit order.
+    public let sequence: Int64
+    /// The message's id.
+    public let messageID: String
+    /// Why the broker refused it.
+    public let reason: String
+
+    public init(sequence: Int64, messageID: String, reason: String) {
+        self.sequence = sequence
+        self.messageID = messageID
+        self.reason = reason
+    }
+}
+
 /// What waits in an outbox.
 public struct OutboxBacklog: Sendable, Hashable {
     /// Unsent rows (failed ones excluded).

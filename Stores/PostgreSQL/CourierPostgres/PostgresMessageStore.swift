@@ -442,25 +442,15 @@ public final class PostgresMessageStore: OutboxStorage, Sendable {
         }
     }
 
-    /// A row the relay could not publish: the broker refused it for good.
-    public struct FailedMessage: Sendable, Equatable {
-        /// The row's position in commit order.
-        public let sequence: Int64
-        /// The message's id.
-        public let messageID: String
-        /// Why the broker refused it.
-        public let reason: String
-    }
-
     /// The rows marked failed, with their reasons, oldest first.
-    public func failedMessages(limit: Int = 100) async throws -> [FailedMessage] {
+    public func failedMessages(limit: Int = 100) async throws -> [FailedOutboxMessage] {
         try await withConnection("reading failed outbox rows") { [tables, logger] connection in
-            var failed: [FailedMessage] = []
+            var failed: [FailedOutboxMessage] = []
             for try await (sequence, id, reason) in try await connection.query(
                 "SELECT sequence, message_id, failure FROM \(unescaped: tables.outbox) WHERE status = 2 ORDER BY sequence LIMIT \(limit)",
                 logger: logger
             ).decode((Int64, String, String?).self) {
-                failed.append(FailedMessage(sequence: sequence, messageID: id, reason: reason ?? ""))
+                failed.append(FailedOutboxMessage(sequence: sequence, messageID: id, reason: reason ?? ""))
             }
             return failed
         }

@@ -289,13 +289,13 @@ public final class SQLiteMessageStore: OutboxStorage, Sendable {
     }
 
     /// The rows marked failed, with their reasons, oldest first.
-    public func failedMessages(limit: Int = 100) async throws -> [(sequence: Int64, messageID: String, reason: String)] {
+    public func failedMessages(limit: Int = 100) async throws -> [FailedOutboxMessage] {
         let outbox = tables.outbox
         return try await writer.read { db in
             try Row.fetchAll(
                 db, sql: "SELECT sequence, message_id, failure FROM \(outbox) WHERE status = 2 ORDER BY sequence LIMIT ?",
                 arguments: [limit]
-            ).map { ($0["sequence"], $0["message_id"], $0["failure"] ?? "") }
+            ).map { FailedOutboxMessage(sequence: $0["sequence"], messageID: $0["message_id"], reason: $0["failure"] ?? "") }
         }
     }
 
