@@ -50,7 +50,7 @@ extension BrokerIntegration.RabbitMQIntegration {
             #expect(Set(all) == Set(1...total), "lost: \(Set(1...total).subtracting(all).sorted().prefix(20))")
             #expect(try await store.backlog().count == 0)
             print(
-                "[relay restart] \(total) committed, \(Set(all).count) arrived, \(all.count - Set(all).count) duplicates, \(relay.statistics.published) published"
+                "[relay restart] \(total) committed, \(Set(all).count) arrived, \(all.count - Set(all).count) duplicates, \(relay.statistics.published) published, \(relay.statistics.retries) relay retries"
             )
             relaying.cancel()
             _ = try? await relaying.value
