@@ -161,7 +161,7 @@ struct PostgresServiceDatabase: ServiceDatabase {
     let table: String
     let logger: Logger
 
-    var location: String { "PostgreSQL table \(table)" }
+    var location: String { "PostgreSQL, tables \(store.tables.outbox), \(store.tables.inbox) and \(table)" }
 
     func createTable() async throws {
         try await store.client.query(

@@ -225,9 +225,16 @@ public final class PostgresMessageStore: OutboxStorage, Sendable {
                     """, logger: logger)
                 try await connection.query(
                     "CREATE INDEX IF NOT EXISTS \(unescaped: outbox)_status ON \(unescaped: outbox) (status, sequence)", logger: logger)
+                // A claim walks the unsent rows in order and the live claims per key: partial
+                // indexes keep both walks off the sent rows kept for retention.
                 try await connection.query(
-                    "CREATE INDEX IF NOT EXISTS \(unescaped: outbox)_key ON \(unescaped: outbox) (message_key, sequence) WHERE status = 0",
+                    "CREATE INDEX IF NOT EXISTS \(unescaped: outbox)_unsent ON \(unescaped: outbox) (sequence) WHERE status = 0",
                     logger: logger)
+                try await connection.query(
+                    """
+                    CREATE INDEX IF NOT EXISTS \(unescaped: outbox)_claimed ON \(unescaped: outbox) (message_key, sequence)
+                    WHERE status = 0 AND claimed_by IS NOT NULL
+                    """, logger: logger)
                 try await connection.query(
                     """
                     CREATE TABLE IF NOT EXISTS \(unescaped: inbox) (
@@ -333,13 +340,17 @@ public final class PostgresMessageStore: OutboxStorage, Sendable {
             let rows = try await connection.query(
                 """
                 WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms),
+                blocked AS (
+                    SELECT e.message_key, MIN(e.sequence) AS first FROM \(unescaped: outbox) AS e, now
+                    WHERE e.status = 0 AND e.claimed_by IS NOT NULL AND e.claimed_by <> \(owner) AND e.claimed_until >= now.ms
+                      AND e.message_key IS NOT NULL
+                    GROUP BY e.message_key
+                ),
                 picked AS (
-                    SELECT o.sequence FROM \(unescaped: outbox) AS o, now
+                    SELECT o.sequence FROM \(unescaped: outbox) AS o CROSS JOIN now
+                    LEFT JOIN blocked AS b ON b.message_key = o.message_key
                     WHERE o.status = 0 AND (o.claimed_by IS NULL OR o.claimed_by = \(owner) OR o.claimed_until < now.ms)
-                      AND (o.message_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM \(unescaped: outbox) AS e
-                            WHERE e.status = 0 AND e.message_key = o.message_key AND e.sequence < o.sequence
-                              AND e.claimed_by IS NOT NULL AND e.claimed_by <> \(owner) AND e.claimed_until >= now.ms))
+                      AND (b.first IS NULL OR o.sequence < b.first)
                     ORDER BY o.sequence LIMIT \(limit)
                 )
                 UPDATE \(unescaped: outbox) AS t SET claimed_by = \(owner), claimed_until = now.ms + \(leaseMilliseconds)
