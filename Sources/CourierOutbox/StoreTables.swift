@@ -34,6 +34,13 @@ public struct StoreTables: Sendable, Hashable {
     }
 }
 
+extension Duration {
+    /// Whole milliseconds, for the stores' lease and retention columns.
+    public var storeMilliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}
+
 /// The scope an inbox records a handled message id in: one per queue, and one per group and
 /// topic (every group handles each event once).
 public enum InboxScope {

@@ -8,6 +8,7 @@ import Foundation
 import GRDB
 import Logging
 import PostgresNIO
+import Synchronization
 
 /// Bus scenario B7 on SQLite: the effects are rows of a table in the inbox's transaction.
 public final class SQLiteConformanceInbox: ConformanceInbox {
@@ -55,7 +56,7 @@ public final class PostgresConformanceInbox: ConformanceInbox {
     let url: String
     let prefix: String
     let logger: Logger
-    private let stores = LockedStores()
+    private let stores = Mutex<[PostgresMessageStore]>([])
 
     /// Tables named after a random prefix in the database at `url`.
     public init(url: String) {
@@ -72,7 +73,7 @@ public final class PostgresConformanceInbox: ConformanceInbox {
     ) async throws {
         let store = try await PostgresMessageStore.connect(
             url: url, bus: bus, tables: StoreTables(outbox: "\(prefix)_outbox", inbox: "\(prefix)_inbox"), logger: logger)
-        stores.append(store)
+        stores.withLock { $0.append(store) }
         let (table, logger) = ("\(prefix)_effect", logger)
         try await store.client.query(
             "CREATE TABLE IF NOT EXISTS \(unescaped: table) (key BIGINT PRIMARY KEY, count INTEGER NOT NULL)", logger: logger)
@@ -85,7 +86,7 @@ public final class PostgresConformanceInbox: ConformanceInbox {
     }
 
     public func effects() async throws -> [Int: Int] {
-        guard let store = stores.first else { return [:] }
+        guard let store = stores.withLock({ $0.first }) else { return [:] }
         var effects: [Int: Int] = [:]
         let rows = try await store.client.query("SELECT key, count FROM \(unescaped: "\(prefix)_effect")", logger: logger)
         for try await (key, count) in rows.decode((Int, Int).self) { effects[key] = count }
@@ -94,14 +95,6 @@ public final class PostgresConformanceInbox: ConformanceInbox {
 
     /// Closes the stores' connection pools.
     public func close() async {
-        for store in stores.all { await store.close() }
+        for store in stores.withLock({ $0 }) { await store.close() }
     }
-}
-
-private final class LockedStores: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stores: [PostgresMessageStore] = []
-    func append(_ store: PostgresMessageStore) { lock.withLock { stores.append(store) } }
-    var first: PostgresMessageStore? { lock.withLock { stores.first } }
-    var all: [PostgresMessageStore] { lock.withLock { stores } }
 }

@@ -85,12 +85,15 @@ public final class PostgresMessageStore: OutboxStorage, Sendable {
     ) async throws -> PostgresMessageStore {
         let parsed = try ParsedURL(url)
         try tables.validate()
-        try await withDeadline(connectTimeout, "connecting to PostgreSQL at \(parsed.redacted)") {
+        let what = "connecting to PostgreSQL at \(parsed.redacted)"
+        let late = CourierError(
+            .unreachable, "\(what) took longer than \(connectTimeout); check that PostgreSQL is up and reachable", isRetriable: true)
+        try await withDeadline(connectTimeout, failing: late) {
             let probe: PostgresConnection
             do {
                 probe = try await PostgresConnection.connect(configuration: try parsed.connectionConfiguration(), id: 0, logger: logger)
             } catch {
-                throw courierError(error, "connecting to PostgreSQL at \(parsed.redacted)")
+                throw courierError(error, what)
             }
             try? await probe.close()
         }
@@ -334,7 +337,7 @@ public final class PostgresMessageStore: OutboxStorage, Sendable {
 
     public func claim(limit: Int, owner: String, lease: Duration) async throws -> [OutboxRecord] {
         let outbox = tables.outbox
-        let leaseMilliseconds = lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000
+        let leaseMilliseconds = lease.storeMilliseconds
         return try await transaction("claiming outbox rows") { [logger] connection in
             try await connection.query("SELECT pg_advisory_xact_lock(hashtext(\(outbox)))", logger: logger)
             let rows = try await connection.query(
@@ -497,30 +500,16 @@ public final class PostgresMessageStore: OutboxStorage, Sendable {
         _ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let leased = LeaseFlag()
-        let (client, timeout) = (client, connectTimeout)
+        let client = client
+        let late = CourierError(
+            .unreachable, "\(what): no PostgreSQL connection within \(connectTimeout); check that the database is up and reachable",
+            isRetriable: true)
         do {
-            return try await withThrowingTaskGroup(of: T?.self) { group in
-                group.addTask {
-                    try await client.withConnection { connection in
-                        leased.set()
-                        return try await body(connection)
-                    }
+            return try await withDeadline(connectTimeout, failing: late, unless: { leased.isSet }) {
+                try await client.withConnection { connection in
+                    leased.set()
+                    return try await body(connection)
                 }
-                group.addTask {
-                    try await Task.sleep(for: timeout)
-                    guard leased.isSet else {
-                        throw CourierError(
-                            .unreachable,
-                            "\(what): no PostgreSQL connection within \(timeout); check that the database is up and reachable",
-                            isRetriable: true)
-                    }
-                    return nil
-                }
-                defer { group.cancelAll() }
-                while let result = try await group.next() {
-                    if let result { return result }
-                }
-                preconditionFailure("the connection's task ended without a result")
             }
         } catch let error as CourierError {
             throw error
@@ -561,17 +550,24 @@ final class LeaseFlag: Sendable {
     var isSet: Bool { state.load(ordering: .sequentiallyConsistent) }
 }
 
-/// Runs `body`, failing with a `timeout` error naming `what` after `duration`.
-func withDeadline<T: Sendable>(_ duration: Duration, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
+/// Runs `body`; once `duration` has passed, fails with `error` (cancelling `body`) unless
+/// `unless()` then holds, in which case `body` runs on to its end.
+func withDeadline<T: Sendable>(
+    _ duration: Duration, failing error: CourierError, unless: @escaping @Sendable () -> Bool = { false },
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }
         group.addTask {
             try await Task.sleep(for: duration)
-            throw CourierError(
-                .unreachable, "\(what) took longer than \(duration); check that PostgreSQL is up and reachable", isRetriable: true)
+            guard unless() else { throw error }
+            return nil
         }
         defer { group.cancelAll() }
-        return try await group.next()!
+        while let result = try await group.next() {
+            if let result { return result }
+        }
+        preconditionFailure("the body's task ended without a result")
     }
 }
 

@@ -181,10 +181,6 @@ public final class SQLiteMessageStore: OutboxStorage, Sendable {
 
     static func now() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 
-    static func milliseconds(_ duration: Duration) -> Int64 {
-        duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
-    }
-
     public func claim(limit: Int, owner: String, lease: Duration) async throws -> [OutboxRecord] {
         let outbox = tables.outbox
         let rows = try await writer.writeWithoutTransaction { db -> [Row] in
@@ -209,7 +205,7 @@ public final class SQLiteMessageStore: OutboxStorage, Sendable {
                     try db.execute(
                         sql: "UPDATE \(outbox) SET claimed_by = ?, claimed_until = ? WHERE sequence IN (\(Self.placeholders(chunk.count)))",
                         arguments: StatementArguments(
-                            [owner, now + Self.milliseconds(lease)] as [any DatabaseValueConvertible] + chunk.map { $0 }))
+                            [owner, now + lease.storeMilliseconds] as [any DatabaseValueConvertible] + chunk.map { $0 }))
                 }
                 return .commit
             }
