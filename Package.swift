@@ -138,9 +138,12 @@ let package = Package(
             ],
             swiftSettings: strictness
         ),
+        // A malloc counter for benchmarks, linked into the courier executable only.
+        .target(name: "CAllocationCounter"),
         .executableTarget(
             name: "CourierCLI",
             dependencies: [
+                "CAllocationCounter",
                 "Courier",
                 "CourierBus",
                 "CourierRabbitMQ",

@@ -364,14 +364,15 @@ extension BrokerIntegration {
             #expect(objects.last?["payloadEncoding"] == nil)
         }
 
-        /// `bench --bus --poison`: both runs, every clean command handled, the poisoned ones
-        /// counted (every tenth but the last), as JSON; `--poison` alone is a usage error.
+        /// `bench --bus --poison`: the transport's run, the bus's clean and poisoned runs, every
+        /// clean command handled, the poisoned ones counted (every tenth but the last), as
+        /// JSON; `--poison` alone is a usage error.
         @Test func theBusBenchmarkRunsCleanAndPoisoned() async throws {
             let run = try await courier(["bench", "--bus", "--messages", "200", "--poison", "10", "--json"], transport: "memory://")
             #expect(run.status == 0, "\(run.errors)")
             let runs = try #require(try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [[String: Any]], "\(run.output)")
-            #expect(runs.map { $0["label"] as? String } == ["clean", "poisoned"])
-            #expect(runs.map { $0["poisoned"] as? Int } == [0, 19])
+            #expect(runs.map { $0["label"] as? String } == ["transport", "bus", "poisoned"])
+            #expect(runs.map { $0["poisoned"] as? Int } == [0, 0, 19])
             #expect(runs.allSatisfy { $0["messages"] as? Int == 200 })
             let alone = try await courier(["bench", "--poison", "10"], transport: "memory://")
             #expect(alone.status == 64 && alone.errors.contains("--poison goes with --bus"), "\(alone.errors)")

@@ -81,7 +81,10 @@ struct Bench: AsyncParsableCommand {
     )
     var phases = false
 
-    @Flag(help: "Measure the bus instead: a MessageBus handler with default options drains --messages commands (decode, handle, ack).")
+    @Flag(
+        help:
+            "Measure the bus instead: --messages commands sent through MessageBus and handled by a handler with default options (encode, send, decode, handle, ack), against the transport alone in the same run."
+    )
     var bus = false
 
     @Option(
@@ -96,7 +99,7 @@ struct Bench: AsyncParsableCommand {
             valueName: "store"))
     var outbox: String?
 
-    @Option(help: "With --phases: messages per send call; publishers × batch messages are in flight.")
+    @Option(help: "With --phases or --bus: messages per send call; publishers × batch messages are in flight.")
     var batch: Int = 100
 
     @Option(
@@ -119,7 +122,7 @@ struct Bench: AsyncParsableCommand {
         try NumericOptions.rate(rate, "--rate")
         if phases && (duration != nil || rate != nil) { throw ValidationError("--phases takes --messages, not --duration or --rate") }
         if bus && (phases || duration != nil || rate != nil) {
-            throw ValidationError("--bus takes --messages and --poison, not --phases, --duration or --rate")
+            throw ValidationError("--bus takes --messages, --publishers, --batch and --poison, not --phases, --duration or --rate")
         }
         if outbox != nil && (phases || bus || poison != nil) {
             throw ValidationError("--outbox takes --messages, --size, --rate and --duration, not --phases, --bus or --poison")
