@@ -1,4 +1,5 @@
 import Courier
+import Synchronization
 
 /// A message contract of the bus: a `Codable & Sendable` type whose values travel as the
 /// payload, with its name and version in the ``CourierHeader/type`` header.
@@ -42,24 +43,62 @@ public protocol IntegrationCommand: IntegrationMessage {
 }
 
 extension IntegrationMessage {
-    public static var messageName: String { MessageNaming.parse(Self.self).name }
-    public static var messageVersion: Int { MessageNaming.parse(Self.self).version }
+    public static var messageName: String { MessageNaming.conventional(Self.self).name }
+    public static var messageVersion: Int { MessageNaming.conventional(Self.self).version }
     public var messageKey: String? { nil }
 
-    /// The ``CourierHeader/type`` value: `<messageName>.v<messageVersion>`.
-    public static var messageType: String { "\(messageName).v\(messageVersion)" }
+    /// The ``CourierHeader/type`` value: `<messageName>.v<messageVersion>`, worked out once
+    /// per type (the bus reads it for every message it sends).
+    public static var messageType: String {
+        MessageNaming.derived(Self.self, .type) { "\(messageName).v\(messageVersion)" }
+    }
 }
 
 extension IntegrationEvent {
-    public static var topic: String { MessageNaming.destination(name: messageName, version: messageVersion) }
+    public static var topic: String {
+        MessageNaming.derived(Self.self, .destination) { MessageNaming.destination(name: messageName, version: messageVersion) }
+    }
 }
 
 extension IntegrationCommand {
-    public static var queue: String { MessageNaming.destination(name: messageName, version: messageVersion) }
+    public static var queue: String {
+        MessageNaming.derived(Self.self, .destination) { MessageNaming.destination(name: messageName, version: messageVersion) }
+    }
 }
 
 /// The naming convention of ``IntegrationMessage``.
 public enum MessageNaming {
+    /// What the convention derives from a type, kept per type: a contract's names do not
+    /// change while the process runs, and working them out reflects on the type's name.
+    enum Derived: Hashable {
+        case type, destination
+    }
+
+    private struct Names {
+        var conventional: (name: String, version: Int)?
+        var derived: [Derived: String] = [:]
+    }
+
+    private static let cache = Mutex<[ObjectIdentifier: Names]>([:])
+
+    /// ``parse(_:)`` of `type`, worked out once.
+    static func conventional(_ type: Any.Type) -> (name: String, version: Int) {
+        let key = ObjectIdentifier(type)
+        if let known = cache.withLock({ $0[key]?.conventional }) { return known }
+        let parsed = parse(type)
+        cache.withLock { $0[key, default: Names()].conventional = parsed }
+        return parsed
+    }
+
+    /// The default `what` of `type`, made by `make` the first time.
+    static func derived(_ type: Any.Type, _ what: Derived, make: () -> String) -> String {
+        let key = ObjectIdentifier(type)
+        if let known = cache.withLock({ $0[key]?.derived[what] }) { return known }
+        let made = make()
+        cache.withLock { $0[key, default: Names()].derived[what] = made }
+        return made
+    }
+
     /// The name and version of `type` by the convention.
     public static func parse(_ type: Any.Type) -> (name: String, version: Int) {
         var parts = String(reflecting: type).split(separator: ".").map(String.init)

@@ -15,6 +15,8 @@ import Synchronization
 ///
 /// A slot is taken before a delivery is taken from the subscription, so the registration
 /// never holds more than `concurrency` deliveries (running or waiting behind their key).
+/// Workers are tasks that stay: one that has nothing left to handle parks (up to
+/// `concurrency` of them) until the next delivery, so a message costs no task of its own.
 /// Stopping ends intake (the subscription's `next()` is cancelled), lets running handlers
 /// finish until a deadline, then closes the subscription: whatever is still unsettled (a
 /// handler past the deadline, a delivery waiting behind its key) goes back to the broker.
@@ -35,6 +37,8 @@ final class HandlerDispatcher: Sendable {
         /// Keys being handled, each with the deliveries waiting behind it.
         var busyKeys: [String: Deque<Delivery>] = [:]
         var running: [Int: Task<Void, Never>] = [:]
+        /// Workers waiting for their next delivery (`nil`: stop).
+        var parked: [UnsafeContinuation<Delivery?, Never>] = []
         var nextWorker = 0
         var stopping = false
         var intake: Task<Void, Never>?
@@ -63,8 +67,8 @@ final class HandlerDispatcher: Sendable {
     /// The error that ended intake, if the subscription failed.
     var failure: (any Error)? { state.withLock { $0.failure } }
 
-    /// How many handlers are running.
-    var runningCount: Int { state.withLock { $0.running.count } }
+    /// How many handlers are running (not counting parked workers).
+    var runningCount: Int { state.withLock { $0.running.count - $0.parked.count } }
 
     private func runIntake() async {
         var iterator = subscription.makeAsyncIterator()
@@ -134,24 +138,44 @@ final class HandlerDispatcher: Sendable {
 
     private func dispatch(_ delivery: Delivery) {
         let key = delivery.envelope.key
-        state.withLock { state in
+        let parked = state.withLock { state -> UnsafeContinuation<Delivery?, Never>? in
             if let key {
                 if state.busyKeys[key] != nil {
                     state.busyKeys[key]!.append(delivery)
-                    return
+                    return nil
                 }
                 state.busyKeys[key] = []
             }
+            if let parked = state.parked.popLast() { return parked }
             let worker = state.nextWorker
             state.nextWorker += 1
             // Created under the lock, so the worker cannot finish (and deregister) before it
             // is registered.
-            state.running[worker] = Task { [self] in await work(worker, first: delivery, key: key) }
+            state.running[worker] = Task { [self] in await work(worker, first: delivery) }
+            return nil
         }
+        parked?.resume(returning: delivery)
+    }
+
+    /// Handles `first` and whatever queued up behind its key, then parks for the next
+    /// delivery; ends when there is no room to park or the dispatcher stops.
+    private func work(_ worker: Int, first: Delivery) async {
+        var next: Delivery? = first
+        while let delivery = next {
+            await handle(delivery)
+            next = await park()
+        }
+        let idle = state.withLock { state in
+            state.running.removeValue(forKey: worker)
+            // Only a stop waits here: nothing to take on the per-message path otherwise.
+            return state.running.isEmpty && !state.idleWaiters.isEmpty ? state.idleWaiters.removeAll() : []
+        }
+        for waiter in idle { waiter.resume() }
     }
 
     /// Handles `first`, then whatever queued up behind its key.
-    private func work(_ worker: Int, first: Delivery, key: String?) async {
+    private func handle(_ first: Delivery) async {
+        let key = first.envelope.key
         var current = first
         while true {
             let settlement = await process(current)
@@ -165,15 +189,23 @@ final class HandlerDispatcher: Sendable {
                 state.busyKeys[key] = nil
                 return nil
             }
-            guard let next else { break }
+            guard let next else { return }
             current = next
         }
-        let idle = state.withLock { state in
-            state.running.removeValue(forKey: worker)
-            // Only a stop waits here: nothing to take on the per-message path otherwise.
-            return state.running.isEmpty && !state.idleWaiters.isEmpty ? state.idleWaiters.removeAll() : []
+    }
+
+    /// Waits for the next delivery; `nil` when stopping or when `concurrency` workers are
+    /// parked already (this one ends).
+    private func park() async -> Delivery? {
+        if state.withLock({ $0.stopping || $0.parked.count >= concurrency }) { return nil }
+        return await withUnsafeContinuation { (continuation: UnsafeContinuation<Delivery?, Never>) in
+            let parked = state.withLock { state in
+                if state.stopping || state.parked.count >= concurrency { return false }
+                state.parked.append(continuation)
+                return true
+            }
+            if !parked { continuation.resume(returning: nil) }
         }
-        for waiter in idle { waiter.resume() }
     }
 
     /// Stops intake, waits up to `deadline` for running handlers, then closes the
@@ -181,10 +213,12 @@ final class HandlerDispatcher: Sendable {
     /// Returns how many handlers were still running at the deadline.
     @discardableResult
     func stop(deadline: Duration) async -> Int {
-        let intake = state.withLock { state in
+        let (intake, parked) = state.withLock { state in
             state.stopping = true
-            return state.intake
+            defer { state.parked = [] }
+            return (state.intake, state.parked)
         }
+        for worker in parked { worker.resume(returning: nil) }
         let waiter = state.withLock { state in
             defer { state.slotWaiter = nil }
             return state.slotWaiter

@@ -92,6 +92,8 @@ public final class MessageBus: Sendable {
     private var logger: Logger { configuration.logger }
     private let metricsFactory: any MetricsFactory
     let tracer: any Tracer
+    /// Whether `tracer` records anything (it is not the no-op default).
+    let tracing: Bool
 
     private struct State {
         var registrations: [ObjectIdentifier: HandlerRegistration] = [:]
@@ -109,6 +111,7 @@ public final class MessageBus: Sendable {
         self.configuration = configuration
         self.metricsFactory = configuration.metricsFactory ?? MetricsSystem.factory
         self.tracer = configuration.tracer ?? InstrumentationSystem.tracer
+        self.tracing = !(tracer is NoOpTracer)
     }
 
     // MARK: Publishing
@@ -209,20 +212,35 @@ public final class MessageBus: Sendable {
                 underlying: error
             )
         }
-        var envelope = Envelope(payload: payload, headers: message.headers, key: message.key)
-        envelope.type = message.type
-        envelope.contentType = configuration.serializer.contentType
-        if let source = configuration.source { envelope.headers[CourierHeader.source] = source }
+        // The headers in one dictionary of the right size: growing it header by header cost
+        // two reallocations per message.
+        var headers = message.headers
+        headers.reserveCapacity(message.headers.count + 5)
+        headers[CourierHeader.type] = message.type
+        headers[CourierHeader.contentType] = configuration.serializer.contentType
+        if let source = configuration.source { headers[CourierHeader.source] = source }
+        let id = MessageID.random()
         if let cause {
-            envelope.correlationID = cause.correlationID
-            envelope.causationID = cause.messageID
-        } else if envelope.correlationID == nil {
-            envelope.correlationID = envelope.id
+            headers[CourierHeader.correlationID] = cause.correlationID
+            headers[CourierHeader.causationID] = cause.messageID
+        } else if headers[CourierHeader.correlationID] == nil {
+            headers[CourierHeader.correlationID] = id
         }
-        return envelope
+        return Envelope(id: id, payload: payload, headers: headers, key: message.key)
     }
 
     private func post(_ envelopes: [Envelope], kind: MessageKind, destination: String, type: String) async throws {
+        let metrics = publishMetrics(destination: destination, kind: kind, type: type)
+        guard tracing else {
+            let start = ContinuousClock.now
+            switch kind {
+            case .event: try await transport.publish(envelopes, to: destination)
+            case .command: try await transport.send(envelopes, to: destination)
+            }
+            metrics.duration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+            metrics.published.increment(by: envelopes.count)
+            return
+        }
         var envelopes = envelopes
         let span = tracer.startSpan(
             "\(destination) \(kind == .event ? "publish" : "send")", context: ServiceContext.current ?? .topLevel, ofKind: .producer
@@ -235,7 +253,6 @@ public final class MessageBus: Sendable {
         for index in envelopes.indices {
             tracer.inject(span.context, into: &envelopes[index].headers, using: HeadersInjector())
         }
-        let metrics = publishMetrics(destination: destination, kind: kind, type: type)
         let start = ContinuousClock.now
         do {
             switch kind {
@@ -562,8 +579,10 @@ struct Handling<M: IntegrationMessage>: Sendable {
             DecodeStep<M>(serializer: configuration.serializer, metrics: metrics, messageType: M.messageType),
         ]
         if let deduplication { steps.append(DeduplicationStep(store: deduplication, scope: scope, metrics: metrics)) }
+        // Without a tracer (swift-distributed-tracing's no-op default) there is nothing to
+        // extract, start or end per message.
+        if bus.tracing { steps.append(TracingStep(tracer: bus.tracer, system: bus.transport.capabilities.system)) }
         steps += [
-            TracingStep(tracer: bus.tracer, system: bus.transport.capabilities.system),
             ImmediateRetryStep(retries: policy.immediateRetries, metrics: metrics),
             MetricsStep(metrics: metrics),
         ]
@@ -573,11 +592,19 @@ struct Handling<M: IntegrationMessage>: Sendable {
         pipeline = HandlingPipeline(steps: steps) { [bus] state in
             let context = MessageContext(
                 envelope: state.envelope, attempt: state.delivery.attempt, immediateRetry: state.immediateRetry,
-                origin: state.delivery.origin, logger: state.logger, bus: bus
+                origin: state.delivery.origin, baseLogger: state.baseLogger, assignedLogger: state.assignedLogger,
+                messageType: state.messageType, bus: bus
             )
             guard let message = state.message as? M else { return .failed(CourierError(.decodingFailed, "no decoded message"), calls: 1) }
             do {
-                try await ServiceContext.withValue(state.traceContext ?? ServiceContext.current ?? .topLevel) {
+                if let traceContext = state.traceContext {
+                    try await ServiceContext.withValue(traceContext) {
+                        try await MessageContext.$current.withValue(context) {
+                            try await handler(message, context)
+                        }
+                    }
+                } else {
+                    // No tracer: the caller's service context stays as it is.
                     try await MessageContext.$current.withValue(context) {
                         try await handler(message, context)
                     }
@@ -592,22 +619,18 @@ struct Handling<M: IntegrationMessage>: Sendable {
     /// Handles `delivery`; returns what is left to settle it when it is being dead-lettered
     /// (the copy's publish and confirm), for the dispatcher to finish without holding a slot.
     func process(_ delivery: Delivery) async -> HandlerDispatcher.Settlement? {
-        let envelope = delivery.envelope
-        var logger = self.logger
-        // One metadata update, not four: some handlers (swift-log's StreamLogHandler)
-        // re-render their metadata on every change.
-        var metadata = logger.handler.metadata
-        metadata["courier-message-id"] = "\(envelope.id)"
-        metadata["courier-message-type"] = "\(envelope.type ?? messageType)"
-        metadata["courier-attempt"] = "\(delivery.attempt)"
-        metadata["courier-correlation-id"] = "\(envelope.correlationID ?? envelope.id)"
-        logger.handler.metadata = metadata
         metrics.delivered.increment()
-
-        var state = HandlingState(delivery: delivery, logger: logger)
-        switch await pipeline.run(&state) {
+        var state = HandlingState(delivery: delivery, logger: logger, messageType: messageType)
+        let outcome = await pipeline.run(&state)
+        if case .handled = outcome {
+            // The common case, without the message's logger (made only to log a failure).
+            await ack(delivery, logger: state)
+            return nil
+        }
+        let logger = state.logger
+        switch outcome {
         case .handled, .alreadyHandled:
-            await ack(delivery, logger: logger)
+            await ack(delivery, logger: state)
             return nil
         case .abandoned(let error):
             logger.notice(
@@ -635,12 +658,12 @@ struct Handling<M: IntegrationMessage>: Sendable {
         }
     }
 
-    private func ack(_ delivery: Delivery, logger: Logger) async {
+    private func ack(_ delivery: Delivery, logger state: HandlingState) async {
         do {
             try await delivery.ack()
             metrics.acked.increment()
         } catch {
-            logger.warning("the ack failed; the message will be delivered again", metadata: ["courier-error": "\(error)"])
+            state.logger.warning("the ack failed; the message will be delivered again", metadata: ["courier-error": "\(error)"])
         }
     }
 

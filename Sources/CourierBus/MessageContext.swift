@@ -19,8 +19,36 @@ public struct MessageContext: Sendable {
     public let origin: DeliveryOrigin
     /// A logger with the message's metadata: `courier-message-id`, `courier-message-type`,
     /// `courier-origin`, `courier-attempt` and `courier-correlation-id`.
-    public var logger: Logger
+    ///
+    /// Made when read, not for every message: log handlers such as swift-log's
+    /// `StreamLogHandler` render their metadata whenever it changes, which would cost every
+    /// message a few microseconds whether it logs or not. Keep it in a local when logging
+    /// often from one handler call.
+    public var logger: Logger {
+        get { assignedLogger ?? MessageMetadata.logger(baseLogger, envelope: envelope, attempt: attempt, messageType: messageType) }
+        set { assignedLogger = newValue }
+    }
     let bus: MessageBus
+    /// The registration's logger, without the message's metadata.
+    let baseLogger: Logger
+    /// A logger a middleware or the handler set, used as it is.
+    var assignedLogger: Logger?
+    /// The contract's type name the registration takes.
+    let messageType: String
+
+    init(
+        envelope: Envelope, attempt: Int, immediateRetry: Int, origin: DeliveryOrigin, baseLogger: Logger, assignedLogger: Logger?,
+        messageType: String, bus: MessageBus
+    ) {
+        self.envelope = envelope
+        self.attempt = attempt
+        self.immediateRetry = immediateRetry
+        self.origin = origin
+        self.baseLogger = baseLogger
+        self.assignedLogger = assignedLogger
+        self.messageType = messageType
+        self.bus = bus
+    }
 
     /// The incoming message's id.
     public var messageID: String { envelope.id }
@@ -96,5 +124,21 @@ public struct StagedMessage: Sendable {
         self.kind = kind
         self.destination = destination
         self.envelope = envelope
+    }
+}
+
+/// The metadata a handled message's logger carries.
+enum MessageMetadata {
+    /// `base` with the message's id, type, attempt and correlation id in one metadata update
+    /// (some handlers re-render their metadata on every change).
+    static func logger(_ base: Logger, envelope: Envelope, attempt: Int, messageType: String) -> Logger {
+        var logger = base
+        var metadata = logger.handler.metadata
+        metadata["courier-message-id"] = .string(envelope.id)
+        metadata["courier-message-type"] = .string(envelope.type ?? messageType)
+        metadata["courier-attempt"] = .string(String(attempt))
+        metadata["courier-correlation-id"] = .string(envelope.correlationID ?? envelope.id)
+        logger.handler.metadata = metadata
+        return logger
     }
 }

@@ -99,6 +99,18 @@ struct Bench: AsyncParsableCommand {
             valueName: "store"))
     var outbox: String?
 
+    @Flag(
+        help:
+            "Count allocations per message on the hot paths instead (header coding, JSON, a transport round trip, a bus round trip; at most 20,000 messages each)."
+    )
+    var allocations = false
+
+    @Option(
+        help: ArgumentHelp(
+            "With --allocations: a JSON file of path name to the most allocations per message allowed; exits 1 when a path exceeds its limit.",
+            valueName: "file"))
+    var check: String?
+
     @Option(help: "With --phases or --bus: messages per send call; publishers × batch messages are in flight.")
     var batch: Int = 100
 
@@ -127,6 +139,10 @@ struct Bench: AsyncParsableCommand {
         if outbox != nil && (phases || bus || poison != nil) {
             throw ValidationError("--outbox takes --messages, --size, --rate and --duration, not --phases, --bus or --poison")
         }
+        if allocations && (phases || bus || outbox != nil || duration != nil || rate != nil) {
+            throw ValidationError("--allocations takes --messages and --check, not --phases, --bus, --outbox, --duration or --rate")
+        }
+        if check != nil && !allocations { throw ValidationError("--check goes with --allocations") }
         if let poison {
             guard bus else { throw ValidationError("--poison goes with --bus") }
             guard poison.isFinite, poison > 0, poison <= 50 else {
@@ -144,6 +160,7 @@ struct Bench: AsyncParsableCommand {
     func run() async throws {
         if phases { return try await runPhases() }
         if bus { return try await runBus() }
+        if allocations { return try await runAllocations() }
         if let outbox { return try await runOutbox(outbox) }
         let transport = try await transportOptions.connect()
         let topic = destination ?? "courier-bench-\(UInt32.random(in: 0...UInt32.max))"

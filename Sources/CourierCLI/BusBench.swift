@@ -93,10 +93,14 @@ extension Bench {
         let (transport, bus) = (runs[0], runs[1])
         print(
             String(
-                format: "  the bus at %.2f× the transport's throughput, %.2f µs CPU/msg over it", bus.messagesPerSecond / transport.messagesPerSecond,
+                format: "  the bus at %.2f× the transport's throughput, %.2f µs CPU/msg over it",
+                bus.messagesPerSecond / transport.messagesPerSecond,
                 bus.cpuMicrosPerMessage - transport.cpuMicrosPerMessage))
         if runs.count == 3 {
-            print(String(format: "  poisoned run at %.0f%% of the clean run's throughput", runs[2].messagesPerSecond / bus.messagesPerSecond * 100))
+            print(
+                String(
+                    format: "  poisoned run at %.0f%% of the clean run's throughput",
+                    runs[2].messagesPerSecond / bus.messagesPerSecond * 100))
         }
     }
 
@@ -161,7 +165,8 @@ extension Bench {
                             switch kind {
                             case .transport:
                                 let envelopes = indices.map { index in
-                                    Envelope(payload: Array("{\"n\":\(index)}".utf8), headers: [CourierHeader.contentType: "application/json"])
+                                    Envelope(
+                                        payload: Array("{\"n\":\(index)}".utf8), headers: [CourierHeader.contentType: "application/json"])
                                 }
                                 try await pipeline.submit { try await transport.send(envelopes, to: queue) }
                             case .bus:

@@ -35,7 +35,20 @@ struct HandlingState: Sendable {
     let delivery: Delivery
     /// The envelope the handler gets (middlewares may change it).
     var envelope: Envelope
-    var logger: Logger
+    /// The registration's logger, without the message's metadata.
+    let baseLogger: Logger
+    /// A logger a middleware set, used as it is.
+    var assignedLogger: Logger?
+    /// The contract's type name the registration takes.
+    let messageType: String
+    /// The logger with the message's metadata, made when read (failure paths and
+    /// middlewares): most messages never log.
+    var logger: Logger {
+        get {
+            assignedLogger ?? MessageMetadata.logger(baseLogger, envelope: envelope, attempt: delivery.attempt, messageType: messageType)
+        }
+        set { assignedLogger = newValue }
+    }
     /// Set by the decode step (the registration's contract type).
     var message: (any Sendable)?
     /// The tracing step's span, and its context for the handler calls.
@@ -48,10 +61,11 @@ struct HandlingState: Sendable {
     /// When the current handler call started (the metrics step).
     var callStarted: ContinuousClock.Instant?
 
-    init(delivery: Delivery, logger: Logger) {
+    init(delivery: Delivery, logger: Logger, messageType: String) {
         self.delivery = delivery
         self.envelope = delivery.envelope
-        self.logger = logger
+        self.baseLogger = logger
+        self.messageType = messageType
     }
 }
 

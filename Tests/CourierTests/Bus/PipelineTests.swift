@@ -1,9 +1,11 @@
 import Courier
 import Foundation
+import InMemoryTracing
 import Logging
 import Metrics
 import Synchronization
 import Testing
+import Tracing
 
 @testable import CourierBus
 
@@ -25,7 +27,7 @@ struct PipelineTests {
         envelope.type = type
         envelope.contentType = "application/json"
         let delivery = Delivery(envelope: envelope, attempt: attempt, origin: .queue(ChargeCard.queue), tag: 1, settler: NoSettler())
-        return HandlingState(delivery: delivery, logger: Logger(label: "test"))
+        return HandlingState(delivery: delivery, logger: Logger(label: "test"), messageType: "Test.v1")
     }
 
     /// What the steps after the one under test did.
@@ -204,20 +206,24 @@ struct PipelineTests {
     // MARK: Order
 
     @Test func theStepsRunInTheDocumentedOrder() async throws {
-        let bus = MessageBus(
-            transport: try InMemoryTransport(),
-            configuration: .init(deduplication: InMemoryDeduplicationStore(), middleware: [Stamp(), Swallow()]))
-        let handling = Handling<ChargeCard>(
-            bus: bus, policy: RetryPolicy(), scope: "q", deduplication: InMemoryDeduplicationStore(), metrics: Self.metrics,
-            logger: Logger(label: "test"), handler: { _, _ in }
-        )
-        #expect(
-            handling.pipeline.names == [
-                "dead-letter", "delayed retry", "decode", "de-duplication", "tracing", "immediate retries", "metrics",
-                "middleware 1 (Stamp)", "middleware 2 (Swallow)",
-            ]
-        )
-        try await bus.shutdown()
+        for tracer in [InMemoryTracer() as (any Tracer)?, nil] {
+            let bus = MessageBus(
+                transport: try InMemoryTransport(),
+                configuration: .init(deduplication: InMemoryDeduplicationStore(), tracer: tracer, middleware: [Stamp(), Swallow()]))
+            let handling = Handling<ChargeCard>(
+                bus: bus, policy: RetryPolicy(), scope: "q", deduplication: InMemoryDeduplicationStore(), metrics: Self.metrics,
+                logger: Logger(label: "test"), handler: { _, _ in }
+            )
+            // Without a tracer (the no-op default) the tracing step is left out: nothing to do.
+            let tracing = tracer == nil ? [] : ["tracing"]
+            #expect(
+                handling.pipeline.names
+                    == ["dead-letter", "delayed retry", "decode", "de-duplication"] + tracing + [
+                        "immediate retries", "metrics", "middleware 1 (Stamp)", "middleware 2 (Swallow)",
+                    ]
+            )
+            try await bus.shutdown()
+        }
     }
 }
 
