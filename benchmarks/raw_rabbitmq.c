@@ -56,26 +56,36 @@ int main(int argc, char **argv) {
   amqp_basic_properties_t props;
   props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
   props.delivery_mode = 2;
-  // With COURIER_LIKE=1, each message also carries what a Courier message carries: the
-  // CloudEvents headers ce_id, ce_time, ce_specversion and the message_id/timestamp properties.
-  amqp_table_entry_t entries[3];
+  // With COURIER_LIKE=1, each message also carries what a Courier transport message carries:
+  // the CloudEvents headers ce_id, ce_time, ce_specversion and the message_id/timestamp
+  // properties. COURIER_LIKE=2 is a bus message as headers: also ce_type, content-type,
+  // ce_source and ce_correlationid (7 headers). COURIER_LIKE=3 is the same message with the
+  // well-known attributes as basic properties (message_id, timestamp, type, content_type,
+  // app_id, correlation_id) and only ce_time (milliseconds) left in the headers table.
+  amqp_table_entry_t entries[7];
   char id[37] = "00000000-0000-4000-8000-000000000000";
-  int courier_like = getenv("COURIER_LIKE") && atoi(getenv("COURIER_LIKE"));
+  int courier_like = getenv("COURIER_LIKE") ? atoi(getenv("COURIER_LIKE")) : 0;
+  const char *names[7] = {"ce_id", "ce_time", "ce_specversion", "ce_type", "content-type", "ce_source", "ce_correlationid"};
+  const char *values[7] = {id, "2026-11-22T01:45:39.123Z", "1.0", "BenchCommand.v1", "application/json", "/bench", id};
   if (courier_like) {
-    entries[0].key = amqp_cstring_bytes("ce_id");
-    entries[0].value.kind = AMQP_FIELD_KIND_UTF8;
-    entries[0].value.value.bytes = amqp_cstring_bytes(id);
-    entries[1].key = amqp_cstring_bytes("ce_time");
-    entries[1].value.kind = AMQP_FIELD_KIND_UTF8;
-    entries[1].value.value.bytes = amqp_cstring_bytes("2026-11-22T01:45:39.123Z");
-    entries[2].key = amqp_cstring_bytes("ce_specversion");
-    entries[2].value.kind = AMQP_FIELD_KIND_UTF8;
-    entries[2].value.value.bytes = amqp_cstring_bytes("1.0");
+    int first = courier_like == 3 ? 1 : 0, count = courier_like == 1 ? 3 : courier_like == 2 ? 7 : 1;
+    for (int i = 0; i < count; i++) {
+      entries[i].key = amqp_cstring_bytes(names[first + i]);
+      entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
+      entries[i].value.value.bytes = amqp_cstring_bytes(values[first + i]);
+    }
     props._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG;
-    props.headers.num_entries = 3;
+    props.headers.num_entries = count;
     props.headers.entries = entries;
     props.message_id = amqp_cstring_bytes(id);
     props.timestamp = 1795306877;
+    if (courier_like == 3) {
+      props._flags |= AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG;
+      props.type = amqp_cstring_bytes("BenchCommand.v1");
+      props.content_type = amqp_cstring_bytes("application/json");
+      props.app_id = amqp_cstring_bytes("/bench");
+      props.correlation_id = amqp_cstring_bytes(id);
+    }
   }
 
   double t0 = now(), c0 = cpu();

@@ -31,11 +31,12 @@ struct TransportURLTests {
         #expect(settings.virtualHost == "/")
         #expect(settings.tls == nil)
         #expect(settings.heartbeatSeconds == 30)
+        #expect(settings.attributes == .properties)
     }
 
     @Test func amqpURLWithEverything() throws {
         let url =
-            "amqp://shop%40svc:p%40ss:w0rd@rabbit.internal:5673/%2Fshop?heartbeat=10&prefetch=50&queue_type=quorum&connection_timeout=3&frame_max=8192"
+            "amqp://shop%40svc:p%40ss:w0rd@rabbit.internal:5673/%2Fshop?heartbeat=10&prefetch=50&queue_type=quorum&connection_timeout=3&frame_max=8192&attributes=headers"
         guard case .amqp(let settings) = try TransportURL(url) else { Issue.record("not amqp"); return }
         #expect(settings.host == "rabbit.internal")
         #expect(settings.port == 5673)
@@ -47,6 +48,7 @@ struct TransportURLTests {
         #expect(settings.queueType == .quorum)
         #expect(settings.connectionTimeoutSeconds == 3)
         #expect(settings.frameMax == 8192)
+        #expect(settings.attributes == .headers)
     }
 
     @Test func amqpsDefaultsToPort5671AndPeerVerification() throws {
@@ -101,6 +103,7 @@ struct TransportURLTests {
         ("amqp://host/?prefetch=1&prefetch=2", "given twice"),
         ("amqp://host/?prefech=10", "unknown option 'prefech'"),
         ("amqp://host/?queue_type=stream", "queue_type is 'stream'"),
+        ("amqp://host/?attributes=table", "option attributes is 'table'; use properties or headers"),
         ("amqp://host/?cacertfile=/ca.pem", "needs TLS"),
         ("amqps://host/?certfile=/c.pem", "certfile and keyfile go together"),
         ("amqp://host/%zz", "invalid percent-encoding"),

@@ -176,7 +176,11 @@ public final class RabbitMQTransport: Transport {
         declare: @escaping (AMQPConnection) throws(CourierError) -> Void
     ) async throws {
         try await publish(
-            envelopes.map { Self.outgoing($0, attempt: attempt, exchange: exchange, routingKey: routingKey, declare: declare) })
+            envelopes.map {
+                Self.outgoing(
+                    $0, attempt: attempt, mapping: configuration.settings.attributes, exchange: exchange, routingKey: routingKey,
+                    declare: declare)
+            })
     }
 
     /// Publishes on the confirm channel and waits for every confirm.
@@ -201,43 +205,98 @@ public final class RabbitMQTransport: Transport {
         "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count",
     ]
 
-    /// An envelope as a persistent AMQP message with Courier's headers.
+    /// An envelope as a persistent AMQP message: the well-known attributes as basic properties
+    /// (``AMQPSettings/AttributeMapping``), the rest as headers.
     static func outgoing(
-        _ envelope: Envelope, attempt: Int, exchange: String, routingKey: String,
+        _ envelope: Envelope, attempt: Int, mapping: AMQPSettings.AttributeMapping, exchange: String, routingKey: String,
         declare: @escaping (AMQPConnection) throws(CourierError) -> Void
     ) -> OutgoingMessage {
-        let headers = WireFormat.headers(for: envelope, attempt: attempt).map { ($0.key, AMQPCodec.Argument.string($0.value)) }
-        let contentType = envelope.contentType
-        let id = envelope.id
+        let fields = PropertyFields(envelope, attempt: attempt, mapping: mapping)
         let seconds = UInt64(max(0, envelope.timestamp.clampedMillisecondsSince1970 / 1000))
         let body = envelope.payload
-        return OutgoingMessage(id: id, declare: declare) { state, channel in
-            AMQPCodec.withTable(headers) { table in
-                AMQPCodec.withBytes(id) { messageID in
-                    AMQPCodec.withBytes(contentType ?? "") { type in
-                        AMQPCodec.withBytes(exchange) { exchangeBytes in
-                            AMQPCodec.withBytes(routingKey) { routing in
-                                var properties = amqp_basic_properties_t()
-                                properties._flags = amqp_flags_t(
-                                    AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG
-                                        | AMQP_BASIC_TIMESTAMP_FLAG)
-                                if contentType != nil {
-                                    properties._flags |= amqp_flags_t(AMQP_BASIC_CONTENT_TYPE_FLAG)
-                                    properties.content_type = type
-                                }
-                                properties.headers = table
-                                properties.delivery_mode = 2
-                                properties.message_id = messageID
-                                properties.timestamp = seconds
-                                return body.withUnsafeBytes { raw in
-                                    let bytes = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
-                                    return state.publish(
-                                        channel, exchange: exchangeBytes, routingKey: routing, properties: &properties, body: bytes)
-                                }
+        return OutgoingMessage(id: envelope.id, declare: declare) { state, channel in
+            AMQPCodec.withTable(fields.headers) { table in
+                fields.withProperties { properties in
+                    AMQPCodec.withBytes(exchange) { exchangeBytes in
+                        AMQPCodec.withBytes(routingKey) { routing in
+                            properties._flags |= amqp_flags_t(
+                                AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG)
+                            properties.headers = table
+                            properties.delivery_mode = 2
+                            properties.timestamp = seconds
+                            return body.withUnsafeBytes { raw in
+                                let bytes = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
+                                return state.publish(
+                                    channel, exchange: exchangeBytes, routingKey: routing, properties: &properties, body: bytes)
                             }
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The string basic properties of one message and the headers left for its table.
+    struct PropertyFields: Sendable {
+        /// The properties set, in one buffer: (flag, range of `bytes`).
+        private(set) var properties: [(flag: Int32, range: Range<Int>)] = []
+        private var bytes: [UInt8] = []
+        private(set) var headers: [(String, AMQPCodec.Argument)] = []
+
+        /// The largest AMQP short string, which every string property is.
+        static let maximumLength = 255
+
+        init(_ envelope: Envelope, attempt: Int, mapping: AMQPSettings.AttributeMapping) {
+            headers.reserveCapacity(envelope.headers.count + 3)
+            let idFits = envelope.id.utf8.count <= Self.maximumLength
+            if idFits { add(AMQP_BASIC_MESSAGE_ID_FLAG, envelope.id) }
+            WireFormat.forEachHeader(of: envelope, attempt: attempt) { name, value in
+                let fits = value.utf8.count <= Self.maximumLength
+                switch name {
+                case CourierHeader.contentType where fits:
+                    add(AMQP_BASIC_CONTENT_TYPE_FLAG, value)
+                    if mapping == .properties { return }
+                case CourierHeader.id where mapping == .properties && idFits, CourierHeader.specVersion where mapping == .properties:
+                    return
+                case CourierHeader.type where mapping == .properties && fits:
+                    return add(AMQP_BASIC_TYPE_FLAG, value)
+                case CourierHeader.source where mapping == .properties && fits:
+                    return add(AMQP_BASIC_APP_ID_FLAG, value)
+                case CourierHeader.correlationID where mapping == .properties && fits:
+                    return add(AMQP_BASIC_CORRELATION_ID_FLAG, value)
+                default:
+                    break
+                }
+                headers.append((name, .string(value)))
+            }
+        }
+
+        private mutating func add(_ flag: Int32, _ value: String) {
+            let start = bytes.count
+            bytes.append(contentsOf: value.utf8)
+            properties.append((flag, start..<bytes.count))
+        }
+
+        /// Calls `body` with basic properties holding these strings, valid during the call.
+        func withProperties<R>(_ body: (inout amqp_basic_properties_t) -> R) -> R {
+            bytes.withUnsafeBytes { raw in
+                var result = amqp_basic_properties_t()
+                for (flag, range) in properties {
+                    let value =
+                        range.isEmpty
+                        ? amqp_empty_bytes
+                        : amqp_bytes_t(len: range.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress! + range.lowerBound))
+                    result._flags |= amqp_flags_t(flag)
+                    switch flag {
+                    case AMQP_BASIC_MESSAGE_ID_FLAG: result.message_id = value
+                    case AMQP_BASIC_CONTENT_TYPE_FLAG: result.content_type = value
+                    case AMQP_BASIC_TYPE_FLAG: result.type = value
+                    case AMQP_BASIC_APP_ID_FLAG: result.app_id = value
+                    case AMQP_BASIC_CORRELATION_ID_FLAG: result.correlation_id = value
+                    default: break
+                    }
+                }
+                return body(&result)
             }
         }
     }

@@ -170,6 +170,12 @@ struct URLParser {
             }
             settings.queueType = type
         }
+        if let value = options.removeValue(forKey: "attributes") {
+            guard let mapping = AMQPSettings.AttributeMapping(rawValue: value) else {
+                throw fail("option attributes is \(quoteOption(value)); use properties or headers")
+            }
+            settings.attributes = mapping
+        }
         let tlsSettings = try tlsOptions(&options, scheme: tls ? "amqps" : "amqp", enabled: tls)
         if tls { settings.tls = tlsSettings }
         return settings
