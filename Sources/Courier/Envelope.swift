@@ -14,17 +14,76 @@ import Synchronization
 /// - `headers` arrive exactly as sent: names and values are arbitrary UTF-8 strings, empty
 ///   values included.
 public struct Envelope: Sendable, Hashable {
+    /// The fields, in one reference-counted box: an envelope is copied many times on its way
+    /// (queues, deliveries, handler contexts), and a copy retains one object instead of one
+    /// per field. Copy-on-write: a box is changed only while one envelope holds it.
+    private final class Storage: @unchecked Sendable {
+        var id: String
+        var payload: [UInt8]
+        var headers: [String: String]
+        var key: String?
+        var timestamp: Date
+
+        init(id: String, payload: [UInt8], headers: [String: String], key: String?, timestamp: Date) {
+            self.id = id
+            self.payload = payload
+            self.headers = headers
+            self.key = key
+            self.timestamp = timestamp
+        }
+
+        func copy() -> Storage {
+            Storage(id: id, payload: payload, headers: headers, key: key, timestamp: timestamp)
+        }
+    }
+
+    private var storage: Storage
+
+    private mutating func makeUnique() {
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+    }
+
     /// The message id; a random UUID string unless given.
-    public var id: String
+    public var id: String {
+        get { storage.id }
+        _modify {
+            makeUnique()
+            yield &storage.id
+        }
+    }
     /// The message body, opaque to the transport.
-    public var payload: [UInt8]
+    public var payload: [UInt8] {
+        get { storage.payload }
+        _modify {
+            makeUnique()
+            yield &storage.payload
+        }
+    }
     /// String headers, including the well-known ``CourierHeader`` names.
-    public var headers: [String: String]
+    public var headers: [String: String] {
+        get { storage.headers }
+        _modify {
+            makeUnique()
+            yield &storage.headers
+        }
+    }
     /// Ordering and partitioning key: messages with the same key keep their relative order
     /// where the transport declares ``TransportCapabilities/Ordering/perKey``.
-    public var key: String?
+    public var key: String? {
+        get { storage.key }
+        _modify {
+            makeUnique()
+            yield &storage.key
+        }
+    }
     /// When the message was created.
-    public var timestamp: Date
+    public var timestamp: Date {
+        get { storage.timestamp }
+        _modify {
+            makeUnique()
+            yield &storage.timestamp
+        }
+    }
 
     /// Creates an envelope.
     /// - Parameters:
@@ -40,11 +99,21 @@ public struct Envelope: Sendable, Hashable {
         key: String? = nil,
         timestamp: Date = Date()
     ) {
-        self.id = id
-        self.payload = payload
-        self.headers = headers
-        self.key = key
-        self.timestamp = timestamp
+        storage = Storage(id: id, payload: payload, headers: headers, key: key, timestamp: timestamp)
+    }
+
+    public static func == (lhs: Envelope, rhs: Envelope) -> Bool {
+        if lhs.storage === rhs.storage { return true }
+        return lhs.id == rhs.id && lhs.payload == rhs.payload && lhs.headers == rhs.headers && lhs.key == rhs.key
+            && lhs.timestamp == rhs.timestamp
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(id)
+        hasher.combine(payload)
+        hasher.combine(headers)
+        hasher.combine(key)
+        hasher.combine(timestamp)
     }
 
     /// Creates an envelope whose payload is the UTF-8 encoding of `text`.

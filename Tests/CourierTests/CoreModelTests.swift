@@ -34,6 +34,27 @@ struct CoreModelTests {
         #expect(Envelope(payload: [0xFF, 0xFE]).text == nil)
     }
 
+    /// Envelopes share their fields until one changes (copy-on-write): a change to a copy never
+    /// shows in the original, and equality and hashing look at the fields, not the storage.
+    @Test func envelopeCopiesAreIndependentValues() {
+        let original = Envelope(
+            id: "id-1", payload: [1, 2], headers: ["a": "1"], key: "k", timestamp: Date(timeIntervalSince1970: 1_700_000_000))
+        var copy = original
+        #expect(copy == original)
+        copy.headers["b"] = "2"
+        copy.payload.append(3)
+        copy.id = "id-2"
+        copy.key = nil
+        copy.timestamp = Date(timeIntervalSince1970: 0)
+        #expect(original.headers == ["a": "1"] && original.payload == [1, 2] && original.id == "id-1" && original.key == "k")
+        #expect(original.timestamp == Date(timeIntervalSince1970: 1_700_000_000))
+        #expect(copy.headers == ["a": "1", "b": "2"] && copy.payload == [1, 2, 3] && copy.id == "id-2" && copy.key == nil)
+        let twin = Envelope(
+            id: "id-1", payload: [1, 2], headers: ["a": "1"], key: "k", timestamp: Date(timeIntervalSince1970: 1_700_000_000))
+        #expect(twin == original && twin.hashValue == original.hashValue && twin != copy)
+        #expect(Set([original, twin, copy]).count == 2)
+    }
+
     @Test func wellKnownHeaderNamesFollowCloudEventsBinaryMode() {
         for name in CourierHeader.all where name != CourierHeader.contentType && !name.hasPrefix("trace") {
             #expect(name.hasPrefix("ce_"), "\(name)")

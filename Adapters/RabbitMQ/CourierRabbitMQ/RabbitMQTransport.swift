@@ -238,9 +238,11 @@ public final class RabbitMQTransport: Transport {
 
     /// The string basic properties of one message and the headers left for its table.
     struct PropertyFields: Sendable {
-        /// The properties set, in one buffer: (flag, range of `bytes`).
-        private(set) var properties: [(flag: Int32, range: Range<Int>)] = []
-        private var bytes: [UInt8] = []
+        private(set) var messageID: String?
+        private(set) var contentType: String?
+        private(set) var type: String?
+        private(set) var appID: String?
+        private(set) var correlationID: String?
         private(set) var headers: [(String, AMQPCodec.Argument)] = []
 
         /// The largest AMQP short string, which every string property is.
@@ -249,21 +251,24 @@ public final class RabbitMQTransport: Transport {
         init(_ envelope: Envelope, attempt: Int, mapping: AMQPSettings.AttributeMapping) {
             headers.reserveCapacity(envelope.headers.count + 3)
             let idFits = envelope.id.utf8.count <= Self.maximumLength
-            if idFits { add(AMQP_BASIC_MESSAGE_ID_FLAG, envelope.id) }
+            if idFits { messageID = envelope.id }
             WireFormat.forEachHeader(of: envelope, attempt: attempt) { name, value in
                 let fits = value.utf8.count <= Self.maximumLength
                 switch name {
                 case CourierHeader.contentType where fits:
-                    add(AMQP_BASIC_CONTENT_TYPE_FLAG, value)
+                    contentType = value
                     if mapping == .properties { return }
                 case CourierHeader.id where mapping == .properties && idFits, CourierHeader.specVersion where mapping == .properties:
                     return
                 case CourierHeader.type where mapping == .properties && fits:
-                    return add(AMQP_BASIC_TYPE_FLAG, value)
+                    type = value
+                    return
                 case CourierHeader.source where mapping == .properties && fits:
-                    return add(AMQP_BASIC_APP_ID_FLAG, value)
+                    appID = value
+                    return
                 case CourierHeader.correlationID where mapping == .properties && fits:
-                    return add(AMQP_BASIC_CORRELATION_ID_FLAG, value)
+                    correlationID = value
+                    return
                 default:
                     break
                 }
@@ -271,32 +276,36 @@ public final class RabbitMQTransport: Transport {
             }
         }
 
-        private mutating func add(_ flag: Int32, _ value: String) {
-            let start = bytes.count
-            bytes.append(contentsOf: value.utf8)
-            properties.append((flag, start..<bytes.count))
-        }
-
-        /// Calls `body` with basic properties holding these strings, valid during the call.
+        /// Calls `body` with basic properties holding these strings, valid during the call
+        /// (borrowed from the strings, nothing copied).
         func withProperties<R>(_ body: (inout amqp_basic_properties_t) -> R) -> R {
-            bytes.withUnsafeBytes { raw in
-                var result = amqp_basic_properties_t()
-                for (flag, range) in properties {
-                    let value =
-                        range.isEmpty
-                        ? amqp_empty_bytes
-                        : amqp_bytes_t(len: range.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress! + range.lowerBound))
-                    result._flags |= amqp_flags_t(flag)
-                    switch flag {
-                    case AMQP_BASIC_MESSAGE_ID_FLAG: result.message_id = value
-                    case AMQP_BASIC_CONTENT_TYPE_FLAG: result.content_type = value
-                    case AMQP_BASIC_TYPE_FLAG: result.type = value
-                    case AMQP_BASIC_APP_ID_FLAG: result.app_id = value
-                    case AMQP_BASIC_CORRELATION_ID_FLAG: result.correlation_id = value
-                    default: break
+            func with(_ text: String?, _ body: (amqp_bytes_t?) -> R) -> R {
+                guard let text else { return body(nil) }
+                return AMQPCodec.withBytes(text) { body($0) }
+            }
+            return with(messageID) { messageID in
+                with(contentType) { contentType in
+                    with(type) { type in
+                        with(appID) { appID in
+                            with(correlationID) { correlationID in
+                                var properties = amqp_basic_properties_t()
+                                func set(
+                                    _ flag: Int32, _ value: amqp_bytes_t?, _ field: WritableKeyPath<amqp_basic_properties_t, amqp_bytes_t>
+                                ) {
+                                    guard let value else { return }
+                                    properties._flags |= amqp_flags_t(flag)
+                                    properties[keyPath: field] = value
+                                }
+                                set(AMQP_BASIC_MESSAGE_ID_FLAG, messageID, \.message_id)
+                                set(AMQP_BASIC_CONTENT_TYPE_FLAG, contentType, \.content_type)
+                                set(AMQP_BASIC_TYPE_FLAG, type, \.type)
+                                set(AMQP_BASIC_APP_ID_FLAG, appID, \.app_id)
+                                set(AMQP_BASIC_CORRELATION_ID_FLAG, correlationID, \.correlation_id)
+                                return body(&properties)
+                            }
+                        }
                     }
                 }
-                return body(&result)
             }
         }
     }
