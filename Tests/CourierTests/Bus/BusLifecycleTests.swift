@@ -22,15 +22,21 @@ struct BusLifecycleTests {
         let first = MessageBus(transport: InMemoryTransport(broker: broker), configuration: .init(shutdownDeadline: .seconds(10)))
         let handled = Shared<[Int]>([])
         let started = Shared(0)
+        // The handlers run until the shutdown has been triggered, and half a second more: a
+        // fixed sleep let a loaded machine finish one before the shutdown began, and start a
+        // fifth.
+        let shutdownTriggered = Shared(false)
         try await first.subscribe(to: OrderPlaced.self, group: "billing", options: HandlerOptions(concurrency: 4)) { event, _ in
             started.update { $0 += 1 }
-            try await Task.sleep(for: .milliseconds(300))
+            while !shutdownTriggered() { try await Task.sleep(for: .milliseconds(10)) }
+            try await Task.sleep(for: .milliseconds(500))
             handled.update { $0.append(event.orderID) }
         }
         let (group, running) = run(first)
         try await first.publish((0..<20).map { OrderPlaced(orderID: $0, customer: "customer-\($0)") })
         try await eventually("four running handlers") { started() == 4 }
         await group.triggerGracefulShutdown()
+        shutdownTriggered.update { $0 = true }
         try await running.value
         #expect(handled().count == 4, "the four running handlers finished")
         #expect(started() == 4, "nothing new started after the shutdown began")
