@@ -231,17 +231,28 @@ public final class MessageBus: Sendable {
 
     private func post(_ envelopes: [Envelope], kind: MessageKind, destination: String, type: String) async throws {
         let metrics = publishMetrics(destination: destination, kind: kind, type: type)
-        guard tracing else {
-            let start = ContinuousClock.now
+        var envelopes = envelopes
+        // Without a tracer (the no-op default) no span is started and nothing injected.
+        let span = tracing ? producerSpan(for: &envelopes, kind: kind, destination: destination) : nil
+        let start = ContinuousClock.now
+        do {
             switch kind {
             case .event: try await transport.publish(envelopes, to: destination)
             case .command: try await transport.send(envelopes, to: destination)
             }
-            metrics.duration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
-            metrics.published.increment(by: envelopes.count)
-            return
+        } catch {
+            span?.recordError(error)
+            span?.setStatus(SpanStatus(code: .error))
+            span?.end()
+            throw error
         }
-        var envelopes = envelopes
+        metrics.duration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+        metrics.published.increment(by: envelopes.count)
+        span?.end()
+    }
+
+    /// A producer span for publishing `envelopes`, its context injected into their headers.
+    private func producerSpan(for envelopes: inout [Envelope], kind: MessageKind, destination: String) -> any Span {
         let span = tracer.startSpan(
             "\(destination) \(kind == .event ? "publish" : "send")", context: ServiceContext.current ?? .topLevel, ofKind: .producer
         )
@@ -253,21 +264,7 @@ public final class MessageBus: Sendable {
         for index in envelopes.indices {
             tracer.inject(span.context, into: &envelopes[index].headers, using: HeadersInjector())
         }
-        let start = ContinuousClock.now
-        do {
-            switch kind {
-            case .event: try await transport.publish(envelopes, to: destination)
-            case .command: try await transport.send(envelopes, to: destination)
-            }
-        } catch {
-            span.recordError(error)
-            span.setStatus(SpanStatus(code: .error))
-            span.end()
-            throw error
-        }
-        metrics.duration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
-        metrics.published.increment(by: envelopes.count)
-        span.end()
+        return span
     }
 
     private func publishMetrics(destination: String, kind: MessageKind, type: String) -> PublishMetrics {

@@ -26,7 +26,7 @@ extension Bench {
         static var queue: String { BusBenchQueue.name.withLock { $0 } }
     }
 
-    struct BusRun: Codable {
+    struct BusRun: Encodable {
         var label: String
         var messages: Int
         var poisoned: Int
@@ -40,20 +40,6 @@ extension Bench {
         enum CodingKeys: String, CodingKey {
             case label, messages, poisoned, seconds, cpuSeconds, allocations
             case messagesPerSecond, cpuMicrosPerMessage, allocationsPerMessage
-        }
-
-        init(label: String, messages: Int, poisoned: Int, seconds: Double, cpuSeconds: Double, allocations: UInt64) {
-            (self.label, self.messages, self.poisoned, self.seconds) = (label, messages, poisoned, seconds)
-            (self.cpuSeconds, self.allocations) = (cpuSeconds, allocations)
-        }
-
-        init(from decoder: any Decoder) throws {
-            let container = try decoder.container(keyedBy: CodingKeys.self)
-            self.init(
-                label: try container.decode(String.self, forKey: .label), messages: try container.decode(Int.self, forKey: .messages),
-                poisoned: try container.decode(Int.self, forKey: .poisoned), seconds: try container.decode(Double.self, forKey: .seconds),
-                cpuSeconds: try container.decode(Double.self, forKey: .cpuSeconds),
-                allocations: try container.decode(UInt64.self, forKey: .allocations))
         }
 
         func encode(to encoder: any Encoder) throws {
