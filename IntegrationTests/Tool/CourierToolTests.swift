@@ -243,6 +243,17 @@ extension BrokerIntegration {
             }
             let bad = try await courier(["bench", "--confirm", "maybe"], transport: "memory://")
             #expect(bad.status == 64)
+            // Publishing everything first into an in-memory queue too small for it waited for
+            // room forever; it is a usage error naming the URL that fits, and that URL runs.
+            let tooMany = try await courier(
+                ["bench", "--phases", "--messages", "200", "--size", "10"], transport: "memory://?capacity=100")
+            #expect(tooMany.status == 64 && tooMany.errors.contains("memory://?capacity=200&capacity_bytes=2000"), "\(tooMany.errors)")
+            let tooLarge = try await courier(
+                ["bench", "--phases", "--messages", "200", "--size", "10"], transport: "memory://?capacity_bytes=1000")
+            #expect(tooLarge.status == 64 && tooLarge.errors.contains("would wait for room forever"), "\(tooLarge.errors)")
+            let fits = try await courier(
+                ["bench", "--phases", "--messages", "200", "--size", "10"], transport: "memory://?capacity=200&capacity_bytes=2000")
+            #expect(fits.status == 0 && fits.output.contains("publish (confirmed)"), "\(fits.output) \(fits.errors)")
         }
 
         @Test func topologyPrintsWhatWouldBeDeclaredWithoutConnecting() async throws {

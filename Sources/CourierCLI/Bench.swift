@@ -133,6 +133,7 @@ struct Bench: AsyncParsableCommand {
         try NumericOptions.seconds(duration, "--duration")
         try NumericOptions.rate(rate, "--rate")
         if phases && (duration != nil || rate != nil) { throw ValidationError("--phases takes --messages, not --duration or --rate") }
+        if phases, case .memory(let settings)? = try? transportOptions.parsedURL() { try Self.memoryHolds(messages, of: size, settings) }
         if bus && (phases || duration != nil || rate != nil) {
             throw ValidationError("--bus takes --messages, --publishers, --batch and --poison, not --phases, --duration or --rate")
         }
@@ -149,6 +150,23 @@ struct Bench: AsyncParsableCommand {
                 throw ValidationError("--poison is \(poison); it must be a percentage above 0 and at most 50")
             }
         }
+    }
+
+    /// `--phases` publishes every message before consuming one; an in-memory queue that cannot
+    /// hold them all would make the last publishes wait for room forever (or fail, with
+    /// `overflow=reject`), so the run is refused up front with the URL that fits.
+    static func memoryHolds(_ messages: Int, of size: Int, _ settings: MemorySettings) throws {
+        let capacity = settings.configuration.queueCapacity
+        let byteCapacity = settings.configuration.queueByteCapacity
+        let (bytes, overflow) = messages.multipliedReportingOverflow(by: size)
+        guard messages > capacity || overflow || bytes > byteCapacity else { return }
+        throw ValidationError(
+            """
+            --phases publishes all \(messages) messages before consuming any, and an in-memory queue \
+            holds \(capacity) messages and \(byteCapacity) payload bytes: the publish phase would wait \
+            for room forever. Raise the queue's limits in the URL (memory://?capacity=\(messages)&capacity_bytes=\(overflow ? Int.max : max(1, bytes))) \
+            or publish fewer --messages.
+            """)
     }
 
     /// The largest `--size`: 64 MiB, above every broker's default message limit.
