@@ -138,10 +138,10 @@ final class HandlerDispatcher: Sendable {
     }
 
     /// Takes a free slot (waiting for one) and marks `worker` as pulling; `false` when
-    /// stopping.
+    /// stopping or once the subscription failed (the registration takes no more messages).
     private func acquireSlot(_ worker: Int) async -> Bool {
         let fast: Bool? = state.withLock { state in
-            if state.stopping || Task.isCancelled { return false }
+            if state.stopping || state.failure != nil || Task.isCancelled { return false }
             guard state.free > 0 else { return nil }
             state.free -= 1
             state.pulling[worker] = true
@@ -150,7 +150,7 @@ final class HandlerDispatcher: Sendable {
         if let fast { return fast }
         let acquired = await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
             let immediate: Bool? = state.withLock { state in
-                if state.stopping || Task.isCancelled { return false }
+                if state.stopping || state.failure != nil || Task.isCancelled { return false }
                 guard state.free > 0 else {
                     state.slotWaiters.append(continuation)
                     return nil

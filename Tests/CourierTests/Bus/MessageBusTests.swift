@@ -265,6 +265,30 @@ struct MessageBusTests {
         try await bus.shutdown()
     }
 
+    /// A registration whose subscription fails takes no more messages, on any of its
+    /// workers: each worker takes its own deliveries, and the others stop after the one they
+    /// were already waiting for.
+    @Test func aFailedSubscriptionEndsEveryWorkerOfTheRegistration() async throws {
+        let (bus, transport) = try makeBus()
+        let handled = Shared(0)
+        let concurrency = 4
+        let registration = try await bus.handle(CreateCustomer.self, options: HandlerOptions(concurrency: concurrency)) { _, _ in
+            handled.update { $0 += 1 }
+        }
+        try await bus.send((1...3).map { CreateCustomer(customerID: "before-\($0)", email: "x") })
+        try await eventually("the first commands") { handled() == 3 }
+        #expect(registration.failure == nil)
+        transport.failPulls(1)
+        try await bus.send(CreateCustomer(customerID: "fails", email: "x"))
+        try await eventually("the registration's failure") { registration.failure != nil }
+        try await bus.send((1...10).map { CreateCustomer(customerID: "after-\($0)", email: "x") })
+        try await Task.sleep(for: .milliseconds(300))
+        // The other workers were each waiting for a delivery when the failure came: at most
+        // one more each, then none.
+        #expect(handled() <= 3 + concurrency - 1, "\(handled()) handled after the subscription failed")
+        try await bus.shutdown()
+    }
+
     @Test func aDelayedRetryDoesNotHoldBackOtherMessages() async throws {
         // Real delays here: the failing message waits 500 ms while the others go through.
         let transport = ObservedTransport(try InMemoryTransport(), timeTravel: false)

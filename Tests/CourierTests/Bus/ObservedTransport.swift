@@ -18,7 +18,7 @@ final class ObservedTransport: Transport, @unchecked Sendable {
 
     let inner: any Transport
     let timeTravel: Bool
-    private let state = Mutex<(events: [Event], failSends: Int)>(([], 0))
+    private let state = Mutex<(events: [Event], failSends: Int, failPulls: Int)>(([], 0, 0))
     private let sendGate = HoldGate()
     private let deadLetterGate = HoldGate()
 
@@ -32,6 +32,15 @@ final class ObservedTransport: Transport, @unchecked Sendable {
 
     /// The next `count` calls to `send` fail with a retriable error.
     func failSends(_ count: Int) { state.withLock { $0.failSends = count } }
+    /// The next `count` deliveries a subscription takes are not handed over: its `next()`
+    /// throws instead (a subscription that failed); the deliveries stay unsettled.
+    func failPulls(_ count: Int) { state.withLock { $0.failPulls = count } }
+    fileprivate func takeFailedPull() -> Bool {
+        state.withLock { state in
+            defer { state.failPulls = max(0, state.failPulls - 1) }
+            return state.failPulls > 0
+        }
+    }
     /// Calls to `send` wait until ``releaseSends()``.
     func holdSends() { sendGate.hold() }
     func releaseSends() { sendGate.release() }
@@ -82,6 +91,7 @@ final class ObservedTransport: Transport, @unchecked Sendable {
         func next() async throws -> Delivery? {
             var iterator = subscription.makeAsyncIterator()
             guard let delivery = try await iterator.next() else { return nil }
+            if transport.takeFailedPull() { throw CourierError(.transportClosed, "injected: the subscription failed") }
             return Delivery(
                 envelope: delivery.envelope, attempt: delivery.attempt, origin: delivery.origin, tag: delivery.tag,
                 settler: Settler(delivery: delivery, transport: transport)
