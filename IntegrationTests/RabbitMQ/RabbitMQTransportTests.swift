@@ -25,6 +25,101 @@ extension BrokerIntegration.RabbitMQIntegration {
             #expect(ContinuousClock.now - started < .seconds(5), "no hang")
         }
 
+        // MARK: Several nodes in one URL
+
+        /// A node that cannot be reached is skipped: the transport connects to the next.
+        @Test func aMultiHostURLConnectsToTheFirstNodeThatAnswers() async throws {
+            var settings = RabbitMQBroker.settings
+            settings.hosts = [AMQPSettings.Endpoint(host: "127.0.0.1", port: 1)] + settings.hosts
+            settings.connectionTimeoutSeconds = 4
+            let transport = try await RabbitMQTransport.connect(.init(settings: settings))
+            let queue = unique("multi-host")
+            try await transport.send(Envelope(text: "via the second node"), to: queue)
+            let consumer = try await transport.consume(queue: queue)
+            var iterator = consumer.makeAsyncIterator()
+            let delivery = try #require(try await iterator.next())
+            #expect(delivery.envelope.text == "via the second node")
+            try await delivery.ack()
+            await consumer.close()
+            try await transport.shutdown()
+        }
+
+        /// Every node unreachable: one typed, retriable error naming each node and no
+        /// password, within the connection timeout.
+        @Test func aMultiHostURLWithNoNodeUpFailsWithOneErrorNamingEveryNode() async throws {
+            let started = ContinuousClock.now
+            do {
+                _ = try await RabbitMQTransport.connect("amqp://guest:s3cret-pw@127.0.0.1:1,127.0.0.1:2/?connection_timeout=2")
+                Issue.record("connecting to ports 1 and 2 succeeded")
+            } catch let error as CourierError {
+                #expect(error.code == .unreachable && error.isRetriable)
+                #expect(error.message.contains("any of the 2 RabbitMQ nodes"), "\(error.message)")
+                #expect(error.message.contains("127.0.0.1:1") && error.message.contains("127.0.0.1:2"), "\(error.message)")
+                #expect(!error.message.contains("s3cret-pw") && !"\(error)".contains("s3cret-pw"))
+            }
+            #expect(ContinuousClock.now - started < .seconds(5), "within the connection timeout")
+        }
+
+        /// The node a transport is connected to goes away (its connections dropped, new ones
+        /// refused): the transport fails over to the next node of its URL, resumes its consumer
+        /// and goes on; every confirmed message arrives.
+        @Test func losingTheConnectedNodeFailsOverToTheNextOne() async throws {
+            let broker = RabbitMQBroker.settings
+            let first = try LoopbackServer(.forward(toPort: broker.port))
+            let second = try LoopbackServer(.forward(toPort: broker.port))
+            defer {
+                first.stop()
+                second.stop()
+            }
+            var settings = broker
+            settings.hosts = [first.port, second.port].map { AMQPSettings.Endpoint(host: "127.0.0.1", port: $0) }
+            settings.connectionTimeoutSeconds = 2
+            let transport = try await RabbitMQTransport.connect(.init(settings: settings))
+            #expect(first.accepted >= 1 && second.accepted == 0, "the first node, in order")
+            let queue = unique("failover")
+            let consumer = try await transport.consume(queue: queue)
+            let received = Task {
+                var ids = Set<String>()
+                for try await delivery in consumer {
+                    ids.insert(delivery.envelope.id)
+                    try? await delivery.ack()
+                    if ids.count == 100 { break }
+                }
+                return ids
+            }
+            var confirmed = Set<String>()
+            for round in 0..<2 {
+                for index in 0..<50 {
+                    let envelope = Envelope(text: "\(round)-\(index)")
+                    // A send that fails while the transport reconnects is retried, as a
+                    // service would: only confirmed messages count.
+                    for attempt in 1...20 {
+                        do {
+                            try await transport.send(envelope, to: queue)
+                            confirmed.insert(envelope.id)
+                            break
+                        } catch let error as CourierError where error.isRetriable && attempt < 20 {
+                            try await Task.sleep(for: .milliseconds(100))
+                        }
+                    }
+                }
+                if round == 0 { first.stop() }
+            }
+            let ids = try await withThrowingTaskGroup(of: Set<String>?.self) { group in
+                group.addTask { try await received.value }
+                group.addTask {
+                    try await Task.sleep(for: .seconds(30))
+                    return nil
+                }
+                defer { group.cancelAll() }
+                return try await group.next()!
+            }
+            #expect(second.accepted >= 1, "the transport moved to the second node")
+            #expect(ids == confirmed, "every confirmed message arrived (\(ids?.count ?? 0) of \(confirmed.count))")
+            await consumer.close()
+            try await transport.shutdown()
+        }
+
         @Test func wrongCredentialsFailWithAClearErrorWithoutThePassword() async throws {
             var settings = RabbitMQBroker.settings
             settings.password = Secret("definitely-wrong-password")

@@ -51,6 +51,22 @@ struct TransportURLTests {
         #expect(settings.attributes == .headers)
     }
 
+    /// A cluster's nodes, listed with commas: a port left out is the scheme's default, the
+    /// description names every node and hides the password.
+    @Test func amqpURLListsAClustersNodes() throws {
+        guard case .amqp(let settings) = try TransportURL("amqp://u:secret@h1:5681,[::1]:5682,h3/shop?host_order=shuffle")
+        else { Issue.record("not amqp"); return }
+        #expect(settings.hosts.map(\.description) == ["h1:5681", "[::1]:5682", "h3:5672"])
+        #expect(settings.host == "h1" && settings.port == 5681, "host and port are the first node's")
+        #expect(settings.hostOrder == .shuffle)
+        #expect(settings.description == "amqp://u:******@h1:5681,[::1]:5682,h3:5672/shop")
+        #expect(!"\(try TransportURL("amqp://u:secret@h1:5681,h2:5682/"))".contains("secret"))
+        guard case .amqp(let tls) = try TransportURL("amqps://a,b:6000/") else { Issue.record("not amqp"); return }
+        #expect(tls.hosts == [AMQPSettings.Endpoint(host: "a", port: 5671), AMQPSettings.Endpoint(host: "b", port: 6000)])
+        guard case .amqp(let one) = try TransportURL("amqp://a/") else { Issue.record("not amqp"); return }
+        #expect(one.hosts == [AMQPSettings.Endpoint(host: "a")] && one.hostOrder == .inOrder)
+    }
+
     @Test func amqpsDefaultsToPort5671AndPeerVerification() throws {
         guard case .amqp(let settings) = try TransportURL("amqps://u:p@host/vh?cacertfile=/ca.pem&certfile=/c.pem&keyfile=/k.pem")
         else { Issue.record("not amqp"); return }
@@ -96,7 +112,12 @@ struct TransportURLTests {
         ("http://host", "unknown scheme 'http'"),
         ("amqp://host:99999/", "the port '99999'"),
         ("amqp://host:56x2/", "the port '56x2'"),
-        ("amqp://a,b/", "one host"),
+        ("amqp://a,,b/", "the host list 'a,,b' has an empty entry"),
+        ("amqp://a,b,/", "has an empty entry"),
+        ("amqp://a:5672,a/", "the host list names a:5672 twice"),
+        ("amqp://a,:5673/", "node ':5673' in the host list has no host"),
+        ("amqp://a,b:99999/", "the port '99999'"),
+        ("amqp://a,b/?host_order=random", "option host_order is 'random'; use in_order or shuffle"),
         ("amqp://host/a/b", "percent-encode it as %2F"),
         ("amqp://host/?heartbeat=-1", "option heartbeat is '-1'"),
         ("amqp://host/?prefetch", "option 'prefetch' has no value"),

@@ -14,8 +14,9 @@ struct AMQPClient: @unchecked Sendable {
 
     // MARK: Connecting
 
-    /// Opens a connection (TCP or TLS), logs in and returns it; a typed error says what failed.
-    static func connect(_ settings: AMQPSettings) throws(CourierError) -> AMQPClient {
+    /// Opens a connection (TCP or TLS) to `node`, one of the settings' hosts, within
+    /// `timeoutSeconds`, logs in and returns it; a typed error says what failed.
+    static func connect(_ settings: AMQPSettings, node: AMQPSettings.Endpoint, timeoutSeconds: Int) throws(CourierError) -> AMQPClient {
         guard let state = amqp_new_connection() else { throw CourierError(.unreachable, "librabbitmq could not allocate a connection") }
         var ok = false
         defer { if !ok { amqp_destroy_connection(state) } }
@@ -38,9 +39,9 @@ struct AMQPClient: @unchecked Sendable {
             socket = amqp_tcp_socket_new(state)
         }
         guard let socket else { throw CourierError(.unreachable, "librabbitmq could not create a socket") }
-        let connectionTimeout = min(max(1, settings.connectionTimeoutSeconds), 86_400)
+        let connectionTimeout = min(max(1, timeoutSeconds), 86_400)
         var timeout = timeval(tv_sec: connectionTimeout, tv_usec: 0)
-        let opened = amqp_socket_open_noblock(socket, settings.host, Int32(clamping: settings.port), &timeout)
+        let opened = amqp_socket_open_noblock(socket, node.host, Int32(clamping: node.port), &timeout)
         // No RPC may block the thread forever (a broker that accepts TCP but never answers).
         var rpcTimeout = timeval(tv_sec: max(30, connectionTimeout * 3), tv_usec: 0)
         _ = amqp_set_rpc_timeout(state, &rpcTimeout)
@@ -49,7 +50,7 @@ struct AMQPClient: @unchecked Sendable {
         guard opened == AMQP_STATUS_OK.rawValue else {
             throw CourierError(
                 .unreachable,
-                "cannot reach RabbitMQ at \(settings.host):\(settings.port) (\(errorText(opened))); check that the broker runs and the URL \(settings) is right",
+                "cannot reach RabbitMQ at \(node) (\(errorText(opened))); check that the broker runs and the URL \(settings) is right",
                 isRetriable: true
             )
         }
@@ -58,7 +59,7 @@ struct AMQPClient: @unchecked Sendable {
             Int32(clamping: min(max(0, settings.heartbeatSeconds), 65_535)), settings.username, settings.password.revealed
         )
         guard login.reply_type == AMQP_RESPONSE_NORMAL else {
-            throw loginError(login, settings: settings)
+            throw loginError(login, settings: settings, node: node)
         }
         ok = true
         return AMQPClient(raw: state)
@@ -200,9 +201,9 @@ struct AMQPClient: @unchecked Sendable {
     /// missing permission on it (530 NOT_ALLOWED) is a configuration error; a socket closed or
     /// timed out before the broker's reply is a connection failure worth retrying (a broker
     /// starting or stopping, a proxy, or a server that is not RabbitMQ).
-    static func loginError(_ login: amqp_rpc_reply_t, settings: AMQPSettings) -> CourierError {
+    static func loginError(_ login: amqp_rpc_reply_t, settings: AMQPSettings, node: AMQPSettings.Endpoint) -> CourierError {
         let detail = describe(login)
-        let server = "RabbitMQ at \(settings.host):\(settings.port)"
+        let server = "RabbitMQ at \(node)"
         if login.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION, login.reply.id == AMQP_CONNECTION_CLOSE_METHOD {
             let code = login.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee.reply_code
             switch Int32(code) {

@@ -67,6 +67,12 @@ final class AMQPConnection: @unchecked Sendable {
     private var assembling: [UInt16: Assembly] = [:]
     private var ackTrackers: [UInt16: AckTracker] = [:]
     private var nextChannel: UInt16 = 1
+    /// The settings' hosts in the order tried (shuffled once per connection with
+    /// `host_order=shuffle`), and the index of the one connected last.
+    private let nodes: [AMQPSettings.Endpoint]
+    private var lastNode: Int?
+    /// The node connected to (or last tried), for messages from any thread.
+    private let currentNode: Mutex<String>
 
     /// The publishing channel; consumer channels are numbered from 2.
     static let publishChannel: UInt16 = 1
@@ -76,8 +82,10 @@ final class AMQPConnection: @unchecked Sendable {
         self.label = label
         var logger = logger
         logger[metadataKey: "amqp-connection"] = "\(label)"
-        logger[metadataKey: "amqp-broker"] = "\(settings.host):\(settings.port)"
+        logger[metadataKey: "amqp-broker"] = "\(settings.hosts.map(\.description).joined(separator: ","))"
         self.logger = logger
+        self.nodes = settings.hostOrder == .shuffle ? settings.hosts.shuffled() : settings.hosts
+        self.currentNode = Mutex(settings.hosts.first?.description ?? "no host")
         self.confirmTimeout = confirmTimeout
         self.wakeFD = AMQPClient.makeWakeFD()
     }
@@ -368,9 +376,40 @@ final class AMQPConnection: @unchecked Sendable {
 
     // MARK: Connecting
 
+    /// Connects to the first node that answers, starting after the one connected last (the
+    /// failover), each within an equal share of the connection timeout; a login the broker
+    /// refuses is not tried on the other nodes (they share their users). Unreachable
+    /// everywhere: one error naming every node.
     private func connect() throws(CourierError) {
-        machine.connected(try AMQPClient.connect(settings))
-        try openPublisher()
+        guard !nodes.isEmpty else {
+            throw CourierError(.invalidConfiguration, "the RabbitMQ settings name no host; give at least one in hosts or the URL")
+        }
+        let share = max(1, settings.connectionTimeoutSeconds / nodes.count)
+        let start = lastNode.map { ($0 + 1) % nodes.count } ?? 0
+        var failures: [CourierError] = []
+        for offset in 0..<nodes.count {
+            let index = (start + offset) % nodes.count
+            let node = nodes[index]
+            currentNode.withLock { $0 = node.description }
+            do throws(CourierError) {
+                machine.connected(
+                    try AMQPClient.connect(
+                        settings, node: node, timeoutSeconds: nodes.count == 1 ? settings.connectionTimeoutSeconds : share))
+            } catch  where error.code == .unreachable {
+                failures.append(error)
+                continue
+            }
+            lastNode = index
+            if nodes.count > 1 { logger.info("connected to RabbitMQ", metadata: ["amqp-node": "\(node)"]) }
+            try openPublisher()
+            return
+        }
+        if failures.count == 1 { throw failures[0] }
+        throw CourierError(
+            .unreachable,
+            "cannot reach any of the \(nodes.count) RabbitMQ nodes (\(failures.map(\.message).joined(separator: "; "))); check that a node runs and the URL \(settings) is right",
+            isRetriable: true
+        )
     }
 
     private func openPublisher() throws(CourierError) {
@@ -610,7 +649,7 @@ final class AMQPConnection: @unchecked Sendable {
 
     func lost(_ what: String) -> CourierError {
         CourierError(
-            .unreachable, "lost the connection to RabbitMQ at \(settings.host):\(settings.port) (\(what)); reconnecting", isRetriable: true)
+            .unreachable, "lost the connection to RabbitMQ at \(currentNode.withLock { $0 }) (\(what)); reconnecting", isRetriable: true)
     }
 
     var connectionState: AMQPClient? { state }

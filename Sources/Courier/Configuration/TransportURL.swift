@@ -115,11 +115,14 @@ public struct TLSSettings: Sendable, Hashable {
     public init() {}
 }
 
-/// `amqp://` and `amqps://` URLs: one RabbitMQ node.
+/// `amqp://` and `amqps://` URLs: a RabbitMQ node, or the nodes of a cluster.
 ///
 /// Defaults follow the RabbitMQ URI specification: host `localhost`, port 5672 (5671 for
 /// `amqps`), user and password `guest`, virtual host `/` (write another vhost percent-encoded
-/// as the path: `/%2Fshop` is `/shop`). Options: `heartbeat` (seconds, default 30; 0 turns
+/// as the path: `/%2Fshop` is `/shop`). A cluster's nodes are listed with commas,
+/// `amqp://user:pass@h1:5672,h2:5673,h3/vhost` (a port left out is the scheme's default): the
+/// transport connects to one and, when it cannot reach it or loses it, to the next (see
+/// ``hosts`` and ``hostOrder``). Options: `host_order` (`in_order` or `shuffle`), `heartbeat` (seconds, default 30; 0 turns
 /// heartbeats off), `connection_timeout` (seconds, default 10), `prefetch` (default 256),
 /// `queue_type` (`classic` or `quorum`), `frame_max` (bytes, default 131072), `attributes`
 /// (`properties` or `headers`, see ``AttributeMapping``), and for TLS `cacertfile`, `certfile`,
@@ -148,8 +151,48 @@ public struct AMQPSettings: Sendable, Hashable, CustomStringConvertible {
         case headers
     }
 
-    public var host: String = "localhost"
-    public var port: Int = 5672
+    /// A node's address.
+    public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public init(host: String, port: Int = 5672) {
+            self.host = host
+            self.port = port
+        }
+        public var description: String { "\(URLParser.format(host: host)):\(port)" }
+    }
+
+    /// In which order the transport tries ``hosts``.
+    public enum HostOrder: String, Sendable, Hashable {
+        /// First to last, as listed (URL option `host_order=in_order`, the default): every
+        /// service prefers the first node while it is up.
+        case inOrder = "in_order"
+        /// A random order per process (`host_order=shuffle`): services spread their
+        /// connections over the nodes.
+        case shuffle
+    }
+
+    /// The nodes to connect to, at least one. The transport connects to the first it can reach
+    /// in ``hostOrder``; on losing that connection it tries the next node after it (then the
+    /// rest, round the list), with exponential backoff after each full round, and re-declares
+    /// its topology, resumes its consumers and republishes what was not confirmed.
+    public var hosts: [Endpoint] = [Endpoint(host: "localhost")]
+    public var hostOrder: HostOrder = .inOrder
+
+    /// The first node's host name or address.
+    public var host: String {
+        get { hosts.first?.host ?? "localhost" }
+        set {
+            if hosts.isEmpty { hosts = [Endpoint(host: newValue)] } else { hosts[0].host = newValue }
+        }
+    }
+    /// The first node's port.
+    public var port: Int {
+        get { hosts.first?.port ?? 5672 }
+        set {
+            if hosts.isEmpty { hosts = [Endpoint(host: "localhost", port: newValue)] } else { hosts[0].port = newValue }
+        }
+    }
     public var username: String = "guest"
     public var password: Secret = "guest"
     public var virtualHost: String = "/"
@@ -171,7 +214,8 @@ public struct AMQPSettings: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String {
         let vhost = virtualHost == "/" ? "" : "/" + virtualHost.addingPercentEncodingForPath()
-        return "\(tls == nil ? "amqp" : "amqps")://\(username):******@\(URLParser.format(host: host)):\(port)\(vhost)"
+        let nodes = hosts.map(\.description).joined(separator: ",")
+        return "\(tls == nil ? "amqp" : "amqps")://\(username):******@\(nodes)\(vhost)"
     }
 }
 

@@ -132,12 +132,29 @@ struct URLParser {
     {
         var settings = AMQPSettings()
         if tls { settings.tls = TLSSettings() }
-        settings.port = tls ? 5671 : 5672
-        if hosts.contains(",") { throw fail("amqp URLs take one host; use one URL per node") }
-        if !hosts.isEmpty {
+        let defaultPort = tls ? 5671 : 5672
+        settings.hosts = [AMQPSettings.Endpoint(host: "localhost", port: defaultPort)]
+        if hosts.contains(",") {
+            var nodes: [AMQPSettings.Endpoint] = []
+            for part in hosts.split(separator: ",", omittingEmptySubsequences: false) {
+                guard !part.isEmpty else { throw fail("the host list \(quote(hosts)) has an empty entry") }
+                let (host, port) = try hostAndPort(part)
+                guard !host.isEmpty else { throw fail("node \(quote(part)) in the host list has no host") }
+                let node = AMQPSettings.Endpoint(host: host, port: port ?? defaultPort)
+                if nodes.contains(node) { throw fail("the host list names \(node) twice") }
+                nodes.append(node)
+            }
+            settings.hosts = nodes
+        } else if !hosts.isEmpty {
             let (host, port) = try hostAndPort(hosts)
             if !host.isEmpty { settings.host = host }
             if let port { settings.port = port }
+        }
+        if let value = options.removeValue(forKey: "host_order") {
+            guard let order = AMQPSettings.HostOrder(rawValue: value) else {
+                throw fail("option host_order is \(quoteOption(value)); use in_order or shuffle")
+            }
+            settings.hostOrder = order
         }
         if let userInfo {
             let (user, password) = try credentials(userInfo)
