@@ -407,7 +407,7 @@ final class AMQPConnection: @unchecked Sendable {
         if failures.count == 1 { throw failures[0] }
         throw CourierError(
             .unreachable,
-            "cannot reach any of the \(nodes.count) RabbitMQ nodes (\(failures.map(\.message).joined(separator: "; "))); check that a node runs and the URL \(settings) is right",
+            "cannot reach any of the \(nodes.count) RabbitMQ nodes (\(failures.map(\.reason).joined(separator: "; "))); check that a node runs and the URL \(settings) is right",
             isRetriable: true
         )
     }
@@ -794,5 +794,12 @@ enum AMQPProperties {
         add(AMQP_BASIC_APP_ID_FLAG, CourierHeader.source, properties.app_id)
         add(AMQP_BASIC_REPLY_TO_FLAG, RabbitMQTransport.PropertyHeader.replyTo, properties.reply_to)
         add(AMQP_BASIC_EXPIRATION_FLAG, RabbitMQTransport.PropertyHeader.expiration, properties.expiration)
+    }
+}
+
+extension CourierError {
+    /// The message without its advice (`…; check …`), to list several failures in one.
+    fileprivate var reason: String {
+        message.range(of: "; check ").map { String(message[..<$0.lowerBound]) } ?? message
     }
 }
