@@ -93,12 +93,12 @@ extension BrokerIntegration.RabbitMQIntegration {
                     let envelope = Envelope(text: "\(round)-\(index)")
                     // A send that fails while the transport reconnects is retried, as a
                     // service would: only confirmed messages count.
-                    for attempt in 1...20 {
+                    for attempt in 1...100 {
                         do {
                             try await transport.send(envelope, to: queue)
                             confirmed.insert(envelope.id)
                             break
-                        } catch let error as CourierError where error.isRetriable && attempt < 20 {
+                        } catch let error as CourierError where error.isRetriable && attempt < 100 {
                             try await Task.sleep(for: .milliseconds(100))
                         }
                     }
