@@ -392,9 +392,7 @@ final class AMQPConnection: @unchecked Sendable {
             let node = nodes[index]
             currentNode.withLock { $0 = node.description }
             do throws(CourierError) {
-                machine.connected(
-                    try AMQPClient.connect(
-                        settings, node: node, timeoutSeconds: nodes.count == 1 ? settings.connectionTimeoutSeconds : share))
+                machine.connected(try AMQPClient.connect(settings, node: node, timeoutSeconds: share))
             } catch  where error.code == .unreachable {
                 failures.append(error)
                 continue

@@ -133,23 +133,18 @@ struct URLParser {
         var settings = AMQPSettings()
         if tls { settings.tls = TLSSettings() }
         let defaultPort = tls ? 5671 : 5672
-        settings.hosts = [AMQPSettings.Endpoint(host: "localhost", port: defaultPort)]
-        if hosts.contains(",") {
-            var nodes: [AMQPSettings.Endpoint] = []
-            for part in hosts.split(separator: ",", omittingEmptySubsequences: false) {
-                guard !part.isEmpty else { throw fail("the host list \(quote(hosts)) has an empty entry") }
-                let (host, port) = try hostAndPort(part)
-                guard !host.isEmpty else { throw fail("node \(quote(part)) in the host list has no host") }
-                let node = AMQPSettings.Endpoint(host: host, port: port ?? defaultPort)
-                if nodes.contains(node) { throw fail("the host list names \(node) twice") }
-                nodes.append(node)
-            }
-            settings.hosts = nodes
-        } else if !hosts.isEmpty {
-            let (host, port) = try hostAndPort(hosts)
-            if !host.isEmpty { settings.host = host }
-            if let port { settings.port = port }
+        // One node may leave out its host (`amqp://:5673` is localhost); in a list each names one.
+        let parts = hosts.isEmpty ? [] : hosts.split(separator: ",", omittingEmptySubsequences: false)
+        var nodes: [AMQPSettings.Endpoint] = []
+        for part in parts {
+            guard !part.isEmpty else { throw fail("the host list \(quote(hosts)) has an empty entry") }
+            let (host, port) = try hostAndPort(part)
+            guard !host.isEmpty || parts.count == 1 else { throw fail("node \(quote(part)) in the host list has no host") }
+            let node = AMQPSettings.Endpoint(host: host.isEmpty ? "localhost" : host, port: port ?? defaultPort)
+            if nodes.contains(node) { throw fail("the host list names \(node) twice") }
+            nodes.append(node)
         }
+        settings.hosts = nodes.isEmpty ? [AMQPSettings.Endpoint(host: "localhost", port: defaultPort)] : nodes
         if let value = options.removeValue(forKey: "host_order") {
             guard let order = AMQPSettings.HostOrder(rawValue: value) else {
                 throw fail("option host_order is \(quoteOption(value)); use in_order or shuffle")
