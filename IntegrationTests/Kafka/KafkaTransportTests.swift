@@ -349,6 +349,95 @@ extension BrokerIntegration.KafkaIntegration {
             try await reader.shutdown()
         }
 
+        /// Issue 16's Kafka cluster test: 20,000 messages on a topic replicated on all three
+        /// brokers while every partition's leader moves twice, the group's coordinator moves
+        /// and the broker leading partition 0 is down for 10 s. Faults are triggered by counts
+        /// of confirmed messages; the publisher goes on during each.
+        @Test(KafkaBroker.mockOnly) func leaderMovesACoordinatorMoveAndALeaderDownLoseNothing() async throws {
+            let mock = try mock()
+            let topic = unique("cluster")
+            let partitions = 4
+            try mock.createTopic(topic, partitions: partitions, replicationFactor: 3)
+            let reader = try await KafkaBroker.connect()
+            let subscription = try await reader.subscribe(to: topic, group: "g")
+            let publisher = try await KafkaBroker.connect()
+            let sent = events(20_000, "e", keys: 64)
+            let confirmed = Shared(0)
+            async let arrived = collect([subscription], expecting: Set(sent.map(\.id)), idle: .seconds(40))
+            func moveLeaders(by shift: Int) throws {
+                for partition in 0..<partitions {
+                    try mock.setPartitionLeader(topic, partition: partition, broker: (partition + shift) % 3 + 1)
+                }
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for start in stride(from: 0, to: sent.count, by: 100) {
+                        try await publisher.publish(Array(sent[start..<min(start + 100, sent.count)]), to: topic)
+                        confirmed.withLock { $0 = min(start + 100, sent.count) }
+                    }
+                }
+                group.addTask {
+                    func after(_ count: Int) async throws {
+                        while confirmed.withLock({ $0 }) < count { try await Task.sleep(for: .milliseconds(5)) }
+                    }
+                    try await after(4_000)
+                    try moveLeaders(by: 1)
+                    try await after(8_000)
+                    try mock.setGroupCoordinator(KafkaTopology().groupID(topic, "g"), broker: 3)
+                    try await after(12_000)
+                    // Partition 0's leader is broker 2 since the move above.
+                    mock.setBroker(2, up: false)
+                    try await Task.sleep(for: .seconds(10))
+                    mock.setBroker(2, up: true)
+                    try await after(16_000)
+                    try moveLeaders(by: 2)
+                }
+                try await group.waitForAll()
+            }
+            let delivered = try await arrived
+            report("leaders moved twice, coordinator moved, broker 2 down 10 s", sent: sent, arrived: delivered)
+            try await publisher.shutdown()
+            try await reader.shutdown()
+        }
+
+        /// Health: the producer and the group member connected (the member with its lag);
+        /// every broker down makes the producer `reconnecting` within the health timeout;
+        /// healthy again once they are back.
+        @Test(KafkaBroker.mockOnly) func healthIsUnhealthyWhileEveryBrokerIsDownAndHealthyAfter() async throws {
+            let mock = try mock()
+            let topic = unique("health")
+            var configuration = try KafkaTransport.Configuration(url: KafkaBroker.url())
+            configuration.healthTimeout = .milliseconds(500)
+            let transport = try await KafkaTransport.connect(configuration)
+            let subscription = try await transport.subscribe(to: topic, group: "g")
+            try await transport.publish(events(20, "e"), to: topic)
+            let up = await transport.health()
+            #expect(up.isHealthy, "\(up)")
+            #expect(up.connections.map(\.name) == ["producer", "group \(KafkaTopology().groupID(topic, "g"))"])
+            // The member's lag, once its thread has read the watermarks (every second).
+            var lag: Int?
+            for _ in 0..<100 where lag == nil {
+                lag = await transport.health().connections.last?.lag
+                if lag == nil { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            #expect(lag != nil, "the group member reports its lag")
+
+            mock.setAllBrokers(up: false)
+            let down = await transport.health()
+            mock.setAllBrokers(up: true)
+            #expect(!down.isHealthy, "every broker down: \(down)")
+            #expect(down.connections.first?.state == .reconnecting && down.connections.first?.lastError != nil, "\(down)")
+            var back = await transport.health()
+            for _ in 0..<100 where !back.isHealthy {
+                try await Task.sleep(for: .milliseconds(100))
+                back = await transport.health()
+            }
+            #expect(back.isHealthy, "healthy again once the brokers are back: \(back)")
+            await subscription.close()
+            try await transport.shutdown()
+            #expect(await transport.health().connections.allSatisfy { $0.state == .closed })
+        }
+
         @Test(KafkaBroker.mockOnly) func injectedProduceErrorsAreRetriedWithoutLoss() async throws {
             let mock = try mock()
             let topic = unique("produce-errors")

@@ -120,6 +120,71 @@ extension BrokerIntegration.RabbitMQIntegration {
             try await transport.shutdown()
         }
 
+        /// Polls `transport`'s health until `accept` takes it, for at most `limit`.
+        private func health(
+            of transport: RabbitMQTransport, within limit: Duration, _ accept: (TransportHealth) -> Bool
+        ) async throws -> TransportHealth {
+            let deadline = ContinuousClock.now + limit
+            while true {
+                let health = await transport.health()
+                if accept(health) || ContinuousClock.now >= deadline { return health }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+
+        /// The only node goes down: both connections report `reconnecting` (unhealthy) with
+        /// the reason; when it is back they are `connected` again; after shutdown, `closed`.
+        @Test func healthIsUnhealthyWhileTheNodeIsDownAndHealthyAfter() async throws {
+            let node = try LoopbackServer(.forward(toPort: RabbitMQBroker.settings.port))
+            defer { node.stop() }
+            var settings = RabbitMQBroker.settings
+            settings.hosts = [AMQPSettings.Endpoint(host: "127.0.0.1", port: node.port)]
+            settings.connectionTimeoutSeconds = 2
+            let transport = try await RabbitMQTransport.connect(.init(settings: settings))
+            let up = await transport.health()
+            #expect(up.isHealthy, "\(up)")
+            #expect(up.connections.map(\.name) == ["publish", "consume"])
+            #expect(up.connections.allSatisfy { $0.node == "127.0.0.1:\(node.port)" && $0.sinceLastContact != nil && $0.lastError == nil })
+
+            node.takeDown()
+            let down = try await health(of: transport, within: .seconds(10)) { !$0.isHealthy }
+            #expect(!down.isHealthy, "a dead node shows at once: \(down)")
+            #expect(down.connections.allSatisfy { $0.state == .reconnecting && $0.lastError != nil }, "\(down)")
+
+            node.bringUp()
+            let back = try await health(of: transport, within: .seconds(30)) { $0.isHealthy }
+            #expect(back.isHealthy, "healthy again after reconnecting: \(back)")
+
+            try await transport.shutdown()
+            let closed = await transport.health()
+            #expect(closed.connections.allSatisfy { $0.state == .closed } && !closed.isHealthy)
+        }
+
+        /// A node that goes silent (its sockets stay open) is noticed within two heartbeats:
+        /// `unresponsive` or already `reconnecting`, then healthy once it answers again.
+        @Test func aSilentNodeIsUnhealthyWithinTwoHeartbeats() async throws {
+            let node = try LoopbackServer(.forward(toPort: RabbitMQBroker.settings.port))
+            defer { node.stop() }
+            var settings = RabbitMQBroker.settings
+            settings.hosts = [AMQPSettings.Endpoint(host: "127.0.0.1", port: node.port)]
+            settings.heartbeatSeconds = 1
+            settings.connectionTimeoutSeconds = 2
+            let transport = try await RabbitMQTransport.connect(.init(settings: settings))
+            #expect(await transport.health().isHealthy)
+            node.goSilent()
+            let silent = ContinuousClock.now
+            let down = try await health(of: transport, within: .seconds(10)) { !$0.isHealthy }
+            let noticed = ContinuousClock.now - silent
+            #expect(!down.isHealthy)
+            // Two heartbeats of 1 s, plus the health check's own granularity and a loaded machine.
+            #expect(noticed < .seconds(4), "noticed after \(noticed): \(down)")
+            #expect(down.connections.contains { $0.state == .unresponsive || $0.state == .reconnecting }, "\(down)")
+            node.bringUp()
+            let back = try await health(of: transport, within: .seconds(30)) { $0.isHealthy }
+            #expect(back.isHealthy, "\(back)")
+            try await transport.shutdown()
+        }
+
         @Test func wrongCredentialsFailWithAClearErrorWithoutThePassword() async throws {
             var settings = RabbitMQBroker.settings
             settings.password = Secret("definitely-wrong-password")

@@ -19,6 +19,9 @@ final class LoopbackServer: @unchecked Sendable {
         let held = Mutex<[Int32]>([])
         let stopped = Atomic<Bool>(false)
         let accepted = Atomic<Int>(0)
+        /// Forwarding only: 0 forwards, 1 refuses (a node down), 2 holds every byte (a node
+        /// gone silent).
+        let mode = Atomic<Int>(0)
     }
     /// How many connections it accepted.
     var accepted: Int { shared.accepted.load(ordering: .relaxed) }
@@ -41,6 +44,10 @@ final class LoopbackServer: @unchecked Sendable {
                 let client = accept(fd, nil, nil)
                 guard client >= 0 else { continue }
                 shared.accepted.add(1, ordering: .relaxed)
+                if shared.mode.load(ordering: .relaxed) == 1 {
+                    close(client)
+                    continue
+                }
                 switch behaviour {
                 case .closeAtOnce: close(client)
                 case .neverAnswer: shared.held.withLock { $0.append(client) }
@@ -50,12 +57,31 @@ final class LoopbackServer: @unchecked Sendable {
                         continue
                     }
                     shared.held.withLock { $0 += [client, upstream] }
-                    Self.pump(from: client, to: upstream)
-                    Self.pump(from: upstream, to: client)
+                    Self.pump(from: client, to: upstream, shared)
+                    Self.pump(from: upstream, to: client, shared)
                 }
             }
         }
         thread.start()
+    }
+
+    /// Forwarding: drops every connection and refuses new ones (as a node that died), until
+    /// ``bringUp()``.
+    func takeDown() {
+        shared.mode.store(1, ordering: .relaxed)
+        // Shut down, not closed: ``stop()`` closes them.
+        for socket in shared.held.withLock({ $0 }) { shutdown(socket, Int32(SHUT_RDWR)) }
+    }
+
+    /// Forwarding: stops passing bytes either way, keeping the connections open (as a node
+    /// that hangs, or a network that drops everything), until ``bringUp()``.
+    func goSilent() {
+        shared.mode.store(2, ordering: .relaxed)
+    }
+
+    /// Forwarding again.
+    func bringUp() {
+        shared.mode.store(0, ordering: .relaxed)
     }
 
     /// Stops accepting and closes every connection held.
@@ -101,12 +127,14 @@ final class LoopbackServer: @unchecked Sendable {
 
     /// Copies bytes from one socket to the other on a thread of its own until either ends;
     /// then shuts the other down, so that its peer sees the end too.
-    private static func pump(from source: Int32, to destination: Int32) {
+    private static func pump(from source: Int32, to destination: Int32, _ shared: Shared) {
         Thread {
             var buffer = [UInt8](repeating: 0, count: 65_536)
             loop: while true {
                 let count = buffer.withUnsafeMutableBytes { read(source, $0.baseAddress, $0.count) }
                 guard count > 0 else { break }
+                // Silent: the bytes wait here until the node is brought up or taken down.
+                while shared.mode.load(ordering: .relaxed) == 2 { usleep(10_000) }
                 var sent = 0
                 while sent < count {
                     let written = buffer.withUnsafeBytes { send(destination, $0.baseAddress! + sent, count - sent, Int32(MSG_NOSIGNAL)) }

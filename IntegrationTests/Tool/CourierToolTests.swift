@@ -209,6 +209,29 @@ extension BrokerIntegration {
             #expect(help.status == 0 && help.output.contains("Examples"))
         }
 
+        /// `courier health` as an exec probe: exit 0 and one line per connection when the
+        /// broker answers; exit 1 with the reason (and no password) when no node does, within
+        /// the connection timeout; 0 on memory and the Kafka mock too.
+        @Test func healthExitsZeroWhenHealthyAndOneWhenNoNodeAnswers() async throws {
+            let healthy = try await courier(["health"])
+            #expect(healthy.status == 0, "\(healthy.output)\(healthy.errors)")
+            #expect(healthy.lines.first == "rabbitmq: healthy")
+            #expect(healthy.output.contains("publish: connected") && healthy.output.contains("consume: connected"))
+
+            let started = ContinuousClock.now
+            let down = try await courier(["health"], transport: "amqp://guest:hunter2@127.0.0.1:1,127.0.0.1:2/?connection_timeout=2")
+            #expect(down.status == 1)
+            #expect(down.lines.first == "rabbitmq: unhealthy", "\(down.output)\(down.errors)")
+            #expect(down.output.contains("cannot reach any of the 2 RabbitMQ nodes"))
+            #expect(!(down.output + down.errors).contains("hunter2"))
+            #expect(ContinuousClock.now - started < .seconds(10), "within the connection timeout")
+
+            let memory = try await courier(["health"], transport: "memory://")
+            #expect(memory.status == 0 && memory.output.contains("in-process: connected"))
+            let kafka = try await courier(["health"], transport: KafkaBroker.url())
+            #expect(kafka.status == 0 && kafka.output.contains("producer: connected"), "\(kafka.output)\(kafka.errors)")
+        }
+
         @Test func benchReportsThroughputAndLatencyPercentiles() async throws {
             for transport in ["memory://", RabbitMQBroker.url] {
                 let run = try await courier(

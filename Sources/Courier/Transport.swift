@@ -42,6 +42,9 @@ public protocol Transport: Sendable {
     /// Stops intake, ends every subscription (returning un-acked deliveries), and closes the
     /// connection. Further calls throw ``CourierError/Code/transportClosed``. Idempotent.
     func shutdown() async throws
+    /// The state of every connection to the broker, without waiting for the broker. The
+    /// default reports no connection, which reads unhealthy: a transport implements it.
+    func health() async -> TransportHealth
 }
 
 extension Transport {
@@ -81,6 +84,10 @@ extension Transport {
             .unsupportedCapability,
             "the \(capabilities.system) transport cannot rewind group \(group) on topic \(topic): it does not retain history"
         )
+    }
+
+    public func health() async -> TransportHealth {
+        TransportHealth(system: capabilities.system, connections: [])
     }
 
     public func deadLetterQueue(for origin: DeliveryOrigin) -> String {

@@ -57,6 +57,9 @@ public final class MessageBus: Sendable {
         /// order (the first is outermost on the way in and runs first on the way out). See
         /// ``BusMiddleware`` for where they sit among the bus's own steps. Default: none.
         public var middleware: [any BusMiddleware]
+        /// After how many failed deliveries in a row (each one retried later or dead-lettered
+        /// counts once) ``MessageBus/health()`` reports a registration as failing. Default 5.
+        public var failingAfter: Int = 5
 
         /// Creates a configuration; every parameter has the documented default.
         public init(
@@ -369,9 +372,11 @@ public final class MessageBus: Sendable {
     ) -> HandlerRegistration {
         var logger = self.logger
         logger[metadataKey: "courier-origin"] = "\(subscription.origin)"
+        let status = RegistrationStatus(messageType: M.messageType)
         let handling = Handling<M>(
             bus: self,
             policy: policy,
+            status: status,
             scope: subscription.origin.group.map { "\(subscription.origin.destination)/\($0)" } ?? subscription.origin.destination,
             deduplication: options.deduplicate ? configuration.deduplication : nil,
             metrics: HandlerMetrics(
@@ -383,7 +388,7 @@ public final class MessageBus: Sendable {
             await handling.process(delivery)
         }
         let registration = HandlerRegistration(
-            origin: subscription.origin, dispatcher: dispatcher, deadline: configuration.shutdownDeadline
+            origin: subscription.origin, dispatcher: dispatcher, status: status, deadline: configuration.shutdownDeadline
         ) { [weak self] registration in
             self?.state.withLock { state in
                 state.registrations[ObjectIdentifier(registration)] = nil
@@ -394,6 +399,11 @@ public final class MessageBus: Sendable {
         dispatcher.start()
         logger.debug("handler started", metadata: ["courier-message-type": "\(M.messageType)"])
         return registration
+    }
+
+    /// The running registrations, for ``health()``.
+    func registrationsForHealth() -> [HandlerRegistration] {
+        state.withLock { Array($0.registrations.values) }
     }
 
     // MARK: Shutting down
@@ -511,15 +521,19 @@ public final class HandlerRegistration: Sendable {
     /// The topic and group, or queue, this registration reads.
     public let origin: DeliveryOrigin
     private let dispatcher: HandlerDispatcher
+    /// Its handlers' outcomes, for ``MessageBus/health()``.
+    let status: RegistrationStatus
     private let deadline: Duration
     private let onStop: @Sendable (HandlerRegistration) -> Void
     private let stopped = Mutex<Task<Void, Never>?>(nil)
 
     init(
-        origin: DeliveryOrigin, dispatcher: HandlerDispatcher, deadline: Duration, onStop: @escaping @Sendable (HandlerRegistration) -> Void
+        origin: DeliveryOrigin, dispatcher: HandlerDispatcher, status: RegistrationStatus, deadline: Duration,
+        onStop: @escaping @Sendable (HandlerRegistration) -> Void
     ) {
         self.origin = origin
         self.dispatcher = dispatcher
+        self.status = status
         self.deadline = deadline
         self.onStop = onStop
     }
@@ -555,6 +569,7 @@ public final class HandlerRegistration: Sendable {
 struct Handling<M: IntegrationMessage>: Sendable {
     let bus: MessageBus
     let policy: RetryPolicy
+    let status: RegistrationStatus
     let metrics: HandlerMetrics
     let logger: Logger
     let pipeline: HandlingPipeline
@@ -562,11 +577,13 @@ struct Handling<M: IntegrationMessage>: Sendable {
     let messageType = M.messageType
 
     init(
-        bus: MessageBus, policy: RetryPolicy, scope: String, deduplication: (any DeduplicationStore)?, metrics: HandlerMetrics,
+        bus: MessageBus, policy: RetryPolicy, status: RegistrationStatus, scope: String, deduplication: (any DeduplicationStore)?,
+        metrics: HandlerMetrics,
         logger: Logger, handler: @escaping @Sendable (M, MessageContext) async throws -> Void
     ) {
         self.bus = bus
         self.policy = policy
+        self.status = status
         self.metrics = metrics
         self.logger = logger
         let configuration = bus.configuration
@@ -621,12 +638,14 @@ struct Handling<M: IntegrationMessage>: Sendable {
         let outcome = await pipeline.run(&state)
         if case .handled = outcome {
             // The common case, without the message's logger (made only to log a failure).
+            status.succeeded()
             await ack(delivery, logger: state)
             return nil
         }
         let logger = state.logger
         switch outcome {
         case .handled, .alreadyHandled:
+            status.succeeded()
             await ack(delivery, logger: state)
             return nil
         case .abandoned(let error):
@@ -634,6 +653,7 @@ struct Handling<M: IntegrationMessage>: Sendable {
                 "the handler was cancelled at shutdown; its message goes back to the broker", metadata: ["courier-error": "\(error)"])
             return nil
         case .retryLater(let delay, let error):
+            status.failed(ErrorText.describe(error))
             logger.warning(
                 "the handler failed; retrying later",
                 metadata: ["courier-error": "\(ErrorText.describe(error))", "courier-retry-delay": "\(delay)"]
@@ -646,8 +666,10 @@ struct Handling<M: IntegrationMessage>: Sendable {
             }
             return nil
         case .deadLetter(let reason):
+            status.failed(reason.reason)
             return deadLettering(delivery, reason, logger: logger)
         case .failed(let error, let calls):
+            status.failed(ErrorText.describe(error))
             // Unreachable: the dead-letter step, outermost, turns every failure into a decision.
             return deadLettering(
                 delivery, DeadLetterStep.reason(for: error, calls: calls, attempt: delivery.attempt, policy: policy, metrics: metrics),

@@ -24,10 +24,12 @@ struct CourierCommand: AsyncParsableCommand {
               courier consume --queue create-customer --count 1 --transport amqp://localhost
               courier tail customers --transport kafka://localhost:9092
               courier dead-letters list --queue create-customer --transport amqp://localhost
+              courier health --transport amqp://localhost
               courier bench --messages 1000000 --size 256 --publishers 4 --consumers 4
             """,
         subcommands: [
-            Demo.self, Publish.self, Send.self, Consume.self, Tail.self, DeadLetters.self, Topology.self, Bench.self, DemoService.self,
+            Demo.self, Publish.self, Send.self, Consume.self, Tail.self, DeadLetters.self, Topology.self, Health.self, Bench.self,
+            DemoService.self,
         ]
     )
 }

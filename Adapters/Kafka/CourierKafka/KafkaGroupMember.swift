@@ -55,6 +55,7 @@ final class KafkaGroupMember: @unchecked Sendable {
     private var commitResults: RDKafkaQueue!
     private var round = 1
     private var lastCommit = ContinuousClock.now
+    private var lastLagCheck = ContinuousClock.now
     private let started = ContinuousClock.now
     private var arrived: [(pending: Pending, timestamp: Int64)] = []
     private let joinTimeout: Duration
@@ -81,6 +82,8 @@ final class KafkaGroupMember: @unchecked Sendable {
         var commitsSuspended = false
         /// The thread has destroyed the queues: nothing may wake them any more.
         var queuesDestroyed = false
+        /// Messages beyond the member's position on its partitions, updated by the thread.
+        var lag: Int?
 
         /// Hands what can go to the waiting subscriptions.
         mutating func serve() -> [(Waiter, Delivery)] {
@@ -166,6 +169,18 @@ final class KafkaGroupMember: @unchecked Sendable {
     private func position(_ name: UnsafePointer<CChar>?, _ partition: Int32) -> Position {
         guard let retryTopic, let name else { return Position(topic: 0, partition: partition) }
         return Position(topic: String(cString: name) == retryTopic ? 1 : 0, partition: partition)
+    }
+
+    /// This member as a connection of the transport's health: `connected` once it has joined
+    /// the group, `reconnecting` while it joins, `closed` when closed or failed (with why).
+    func health() -> TransportHealth.Connection {
+        state.withLock { state in
+            let name = "group \(groupID)"
+            if let failure = state.failure { return .init(name: name, state: .closed, lastError: failure.message, lag: state.lag) }
+            if state.machine.isClosing { return .init(name: name, state: .closed, lag: state.lag) }
+            if !state.machine.joined { return .init(name: name, state: .reconnecting, lastError: "joining the group", lag: state.lag) }
+            return .init(name: name, state: .connected, lag: state.lag)
+        }
     }
 
     /// What happened so far (pauses, revokes, late settlements).
@@ -363,6 +378,11 @@ final class KafkaGroupMember: @unchecked Sendable {
             // call it back).
             if recommit || ContinuousClock.now - lastCommit >= (suspended ? .seconds(1) : commitInterval) {
                 commit(state.withLock { $0.machine.commits(force: recommit || suspended) }, wait: nil)
+            }
+            if ContinuousClock.now - lastLagCheck >= .seconds(1) {
+                lastLagCheck = .now
+                let lag = client.assignment().flatMap { client.lag(of: $0) }
+                state.withLock { $0.lag = lag }
             }
             let count = messages.withUnsafeMutableBufferPointer { buffer in
                 // librdkafka returns when the batch is full or the timeout passes: a short

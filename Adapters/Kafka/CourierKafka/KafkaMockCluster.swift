@@ -95,6 +95,21 @@ import Foundation
         for id in 1...brokerCount { setBroker(id, up: up) }
     }
 
+    /// Makes broker `id` the leader of `topic`'s `partition` (the topic is created if it does
+    /// not exist): clients get `NOT_LEADER_FOR_PARTITION` from the old leader and move, as
+    /// when a real cluster elects a new leader.
+    public func setPartitionLeader(_ topic: String, partition: Int, broker id: Int) throws(CourierError) {
+        let error = cluster.setPartitionLeader(topic, partition: partition, broker: id)
+        if error != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaClient.error(error, "moving the leader of \(topic)[\(partition)]") }
+    }
+
+    /// Makes broker `id` the coordinator of consumer group `groupID` (the Kafka group id,
+    /// ``KafkaTopology/groupID``): the group's members find the new coordinator and rejoin.
+    public func setGroupCoordinator(_ groupID: String, broker id: Int) throws(CourierError) {
+        let error = cluster.setGroupCoordinator(groupID, broker: id)
+        if error != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaClient.error(error, "moving the coordinator of group \(groupID)") }
+    }
+
     /// Makes broker `id` answer every request after `rtt` more.
     public func setRoundTripTime(broker id: Int, _ rtt: Duration) {
         cluster.setRoundTripTime(broker: id, rtt)

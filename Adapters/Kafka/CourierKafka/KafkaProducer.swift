@@ -87,6 +87,31 @@ final class KafkaProducer: @unchecked Sendable {
         return client?.ping(timeout: timeout) ?? RD_KAFKA_RESP_ERR__DESTROY
     }
 
+    /// When a broker last answered ``health(timeout:)``.
+    private let lastAnswer = Mutex<ContinuousClock.Instant?>(nil)
+
+    /// Whether a broker answers a metadata request within `timeout` (asked on a thread of its
+    /// own), as the `producer` connection of the transport's health.
+    func health(timeout: Duration) async -> TransportHealth.Connection {
+        guard let client = shared.withLock({ $0.machine.acquireClient() }) else {
+            return TransportHealth.Connection(name: "producer", state: .closed)
+        }
+        let code =
+            (try? await KafkaClient.offload("health") { client.ping(timeout: timeout).rawValue }) ?? RD_KAFKA_RESP_ERR__DESTROY.rawValue
+        let idle = shared.withLock { shared in shared.machine.release() ? shared.idleWaiters.removeAll() : [] }
+        for waiter in idle { waiter.resume() }
+        let error = rd_kafka_resp_err_t(rawValue: code)
+        let now = ContinuousClock.now
+        if error == RD_KAFKA_RESP_ERR_NO_ERROR {
+            lastAnswer.withLock { $0 = now }
+            return TransportHealth.Connection(name: "producer", state: .connected, node: settings.description, sinceLastContact: .zero)
+        }
+        return TransportHealth.Connection(
+            name: "producer", state: .reconnecting, node: settings.description,
+            sinceLastContact: lastAnswer.withLock { $0 }.map { now - $0 },
+            lastError: "no broker answered a metadata request within \(timeout): \(RDKafkaClient.describe(error))")
+    }
+
     /// Makes sure `topic` exists, creating it as ``KafkaSettings/topicCreation`` says. Known
     /// topics cost nothing.
     func ensureTopic(_ topic: String, timeout: Duration) async throws(CourierError) {

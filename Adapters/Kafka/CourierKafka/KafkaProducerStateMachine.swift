@@ -97,6 +97,13 @@ struct KafkaProducerStateMachine<Client, Topic> {
         return .produce(handles.client, handle)
     }
 
+    /// The client alone, held until ``release()``; `nil` once a close has begun.
+    mutating func acquireClient() -> Client? {
+        guard case .open(let handles) = state else { return nil }
+        users += 1
+        return handles.client
+    }
+
     /// A caller is done with the handles. True when it was the last while a close waits.
     mutating func release() -> Bool {
         precondition(users > 0, "release without acquire")

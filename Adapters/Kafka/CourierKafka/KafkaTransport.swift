@@ -90,6 +90,8 @@ public final class KafkaTransport: Transport {
         public var connectTimeout: Duration
         /// Limit for joining a consumer group. Default 60 s.
         public var joinTimeout: Duration = .seconds(60)
+        /// How long ``KafkaTransport/health()`` waits for a broker to answer. Default 2 s.
+        public var healthTimeout: Duration = .seconds(2)
         /// How many polled and unsettled messages a consumer-group member buffers before it
         /// pauses fetching (back-pressure); it resumes at half. At least the sum of its
         /// subscriptions' prefetch. Handlers take from this buffer without waiting for a fetch,
@@ -364,6 +366,22 @@ public final class KafkaTransport: Transport {
 
     public func deadLetterQueue(for origin: DeliveryOrigin) -> String {
         configuration.topology.deadLetterTopic(origin)
+    }
+
+    /// The producer and every consumer-group member.
+    ///
+    /// librdkafka reconnects to brokers by itself and does not report when one comes back,
+    /// so the producer's state is asked for: a metadata request to any broker, answered
+    /// within ``Configuration/healthTimeout`` (default 2 s) or `reconnecting` with the error.
+    /// With every broker down, `health()` therefore reports unhealthy after at most that
+    /// timeout, and healthy again on the first call after a broker answers. Each group member
+    /// is `connected` once it has joined its group and reports its lag (the high watermarks
+    /// of its partitions minus its position, from the last fetch responses, updated every
+    /// second).
+    public func health() async -> TransportHealth {
+        let members = state.withLock { Array($0.members.values) }
+        let producer = await producer.health(timeout: configuration.healthTimeout)
+        return TransportHealth(system: capabilities.system, connections: [producer] + members.map { $0.health() })
     }
 
     public func shutdown() async throws {

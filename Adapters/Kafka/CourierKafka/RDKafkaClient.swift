@@ -286,6 +286,22 @@ final class RDKafkaClient: @unchecked Sendable {
         return PartitionList(taking: assignment)
     }
 
+    /// How many messages `partitions` hold beyond this consumer's position, from the high
+    /// watermarks of the last fetch responses (no broker request); `nil` before any is known.
+    func lag(of partitions: PartitionList) -> Int? {
+        guard rd_kafka_position(handle, partitions.list) == RD_KAFKA_RESP_ERR_NO_ERROR else { return nil }
+        var lag: Int?
+        for element in partitions.elements where element.offset >= 0 {
+            var low: Int64 = -1
+            var high: Int64 = -1
+            guard rd_kafka_get_watermark_offsets(handle, element.topic, element.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
+                high >= 0
+            else { continue }
+            lag = (lag ?? 0) + Int(max(0, high - element.offset))
+        }
+        return lag
+    }
+
     func pause(_ partitions: PartitionList) {
         _ = rd_kafka_pause_partitions(handle, partitions.list)
     }
@@ -507,6 +523,14 @@ final class RDKafkaMockCluster: @unchecked Sendable {
 
     func setBroker(_ id: Int, up: Bool) {
         _ = up ? rd_kafka_mock_broker_set_up(cluster, Int32(id)) : rd_kafka_mock_broker_set_down(cluster, Int32(id))
+    }
+
+    func setPartitionLeader(_ topic: String, partition: Int, broker id: Int) -> rd_kafka_resp_err_t {
+        rd_kafka_mock_partition_set_leader(cluster, topic, Int32(partition), Int32(id))
+    }
+
+    func setGroupCoordinator(_ group: String, broker id: Int) -> rd_kafka_resp_err_t {
+        rd_kafka_mock_coordinator_set(cluster, "group", group, Int32(id))
     }
 
     func setRoundTripTime(broker id: Int, _ rtt: Duration) {

@@ -74,6 +74,16 @@ final class AMQPConnection: @unchecked Sendable {
     /// The node connected to (or last tried), for messages from any thread.
     private let currentNode: Mutex<String>
 
+    /// What ``health()`` reports: written by the connection's thread.
+    private struct HealthState {
+        var state: TransportHealth.Connection.State = .reconnecting
+        var lastError: String?
+    }
+    private let healthState = Mutex(HealthState())
+    /// When the broker last sent anything (`CLOCK_MONOTONIC` nanoseconds), set where the
+    /// thread sees the socket readable.
+    private let lastContact = Atomic<UInt64>(0)
+
     /// The publishing channel; consumer channels are numbered from 2.
     static let publishChannel: UInt16 = 1
 
@@ -216,6 +226,7 @@ final class AMQPConnection: @unchecked Sendable {
         }
         failCommands()
         handle?.destroy()
+        healthState.withLock { $0 = HealthState(state: .closed, lastError: failure?.message) }
         finish()
     }
 
@@ -244,6 +255,8 @@ final class AMQPConnection: @unchecked Sendable {
     private func readFrames() throws(CourierError) {
         guard let state else { throw lost("no connection") }
         var handled = 0
+        // A busy connection may go on reading without polling: frames count as contact too.
+        defer { if handled > 0 { heard() } }
         while handled < 512 {
             if !state.hasBufferedInput {
                 if handled > 0 || !commands.withLock({ $0.isEmpty }) { return }
@@ -275,6 +288,7 @@ final class AMQPConnection: @unchecked Sendable {
             pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
         ]
         _ = poll(&fds, 2, timeout)
+        if fds[0].revents != 0 { heard() }
         if fds[1].revents != 0 {
             var value: UInt64 = 0
             _ = read(wakeFD, &value, 8)
@@ -398,6 +412,8 @@ final class AMQPConnection: @unchecked Sendable {
                 continue
             }
             lastNode = index
+            heard()
+            healthState.withLock { $0 = HealthState(state: .connected) }
             if nodes.count > 1 { logger.info("connected to RabbitMQ", metadata: ["amqp-node": "\(node)"]) }
             try openPublisher()
             return
@@ -420,6 +436,7 @@ final class AMQPConnection: @unchecked Sendable {
     /// Called when the connection is found broken: consumers learn their deliveries are void.
     private func connectionLost(_ error: CourierError) {
         if !isStopping { logger.warning("lost the connection to RabbitMQ; reconnecting", metadata: ["courier-error": "\(error.message)"]) }
+        healthState.withLock { $0 = HealthState(state: .reconnecting, lastError: error.message) }
         machine.lost()?.destroy()
         assembling.removeAll()
         ackTrackers.removeAll()
@@ -455,6 +472,7 @@ final class AMQPConnection: @unchecked Sendable {
             } catch {
                 logger.debug(
                     "reconnecting failed; trying again", metadata: ["courier-error": "\(error.message)", "amqp-attempt": "\(attempts)"])
+                healthState.withLock { $0.lastError = error.message }
                 let (handle, delay) = machine.reconnectFailed(random: Double.random(in: 0...1))
                 handle?.destroy()
                 expireConfirms()
@@ -651,6 +669,35 @@ final class AMQPConnection: @unchecked Sendable {
     }
 
     var connectionState: AMQPClient? { state }
+
+    // MARK: Health
+
+    private static func monotonicNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+
+    /// Notes that the broker sent something.
+    private func heard() {
+        lastContact.store(Self.monotonicNanoseconds(), ordering: .relaxed)
+    }
+
+    /// This connection's report. A connection the broker has not sent anything on for two
+    /// heartbeats is `unresponsive` even before librabbitmq's heartbeat check closes it
+    /// (a frame or heartbeat comes at least every heartbeat interval on a live connection).
+    func health() -> TransportHealth.Connection {
+        let (state, lastError) = healthState.withLock { ($0.state, $0.lastError) }
+        let contact = lastContact.load(ordering: .relaxed)
+        let since: Duration? = contact == 0 ? nil : .nanoseconds(Int64(Self.monotonicNanoseconds() &- contact))
+        var report = TransportHealth.Connection(
+            name: label, state: state, node: currentNode.withLock { $0 }, sinceLastContact: since, lastError: lastError)
+        if state == .connected, settings.heartbeatSeconds > 0, let since, since > .seconds(2 * settings.heartbeatSeconds) {
+            report.state = .unresponsive
+            report.lastError = "nothing from the broker for longer than two heartbeats (\(2 * settings.heartbeatSeconds) s)"
+        }
+        return report
+    }
 
     // MARK: Publishing
 

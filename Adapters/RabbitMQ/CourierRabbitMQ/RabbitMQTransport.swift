@@ -359,6 +359,17 @@ public final class RabbitMQTransport: Transport {
         topology.deadLetterQueue(origin)
     }
 
+    /// The publishing and the consuming connection: each `connected`, `reconnecting` (with
+    /// the last error) or `closed`, with its node and how long ago the broker last sent on it.
+    ///
+    /// A node that dies closes its sockets: the connections report `reconnecting` at once. A
+    /// node that goes silent (a network partition, a hung VM) makes them `unresponsive` after
+    /// two heartbeats (``AMQPSettings/heartbeatSeconds``, default 30 s), when librabbitmq also
+    /// closes them and they start reconnecting. `connected` again after the reconnect.
+    public func health() async -> TransportHealth {
+        TransportHealth(system: capabilities.system, connections: [publisher.health(), consumer.health()])
+    }
+
     public func shutdown() async throws {
         guard closed.set() else { return }
         for source in subscriptions.all() { await source.close() }

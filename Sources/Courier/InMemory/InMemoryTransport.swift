@@ -123,6 +123,13 @@ public final class InMemoryTransport: Transport {
         return try broker.queue(named: queue).snapshot(limit: limit)
     }
 
+    /// One connection, `in-process`: connected until ``shutdown()``. The broker lives in this
+    /// process, so there is nothing to lose contact with.
+    public func health() async -> TransportHealth {
+        let state: TransportHealth.Connection.State = closed.load(ordering: .acquiring) ? .closed : .connected
+        return TransportHealth(system: capabilities.system, connections: [.init(name: "in-process", state: state)])
+    }
+
     public func shutdown() async throws {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         let open = consumers.withLock { consumers in

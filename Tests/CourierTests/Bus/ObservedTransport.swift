@@ -80,6 +80,7 @@ final class ObservedTransport: Transport, @unchecked Sendable {
 
     func deadLetterQueue(for origin: DeliveryOrigin) -> String { inner.deadLetterQueue(for: origin) }
     func shutdown() async throws { try await inner.shutdown() }
+    func health() async -> TransportHealth { await inner.health() }
 
     private func observe(_ subscription: Subscription) -> Subscription {
         Subscription(origin: subscription.origin, source: Source(subscription: subscription, transport: self))

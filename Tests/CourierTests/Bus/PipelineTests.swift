@@ -211,7 +211,8 @@ struct PipelineTests {
                 transport: try InMemoryTransport(),
                 configuration: .init(deduplication: InMemoryDeduplicationStore(), tracer: tracer, middleware: [Stamp(), Swallow()]))
             let handling = Handling<ChargeCard>(
-                bus: bus, policy: RetryPolicy(), scope: "q", deduplication: InMemoryDeduplicationStore(), metrics: Self.metrics,
+                bus: bus, policy: RetryPolicy(), status: RegistrationStatus(messageType: "t"), scope: "q",
+                deduplication: InMemoryDeduplicationStore(), metrics: Self.metrics,
                 logger: Logger(label: "test"), handler: { _, _ in }
             )
             // Without a tracer (the no-op default) the tracing step is left out: nothing to do.
