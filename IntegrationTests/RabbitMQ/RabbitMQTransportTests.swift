@@ -316,6 +316,32 @@ extension BrokerIntegration.RabbitMQIntegration {
             try await transport.shutdown()
         }
 
+        /// A quorum queue counts deliveries that came back unsettled (`x-delivery-count`):
+        /// each counts as an attempt, so a message whose consumer keeps dying runs out of
+        /// attempts (the queue's delivery limit mapped onto Courier's attempts).
+        @Test func aQuorumQueuesReturnedDeliveriesCountAsAttempts() async throws {
+            guard case .amqp(let settings) = try TransportURL(RabbitMQBroker.url + "?queue_type=quorum") else { return }
+            let transport = try await RabbitMQTransport.connect(.init(settings: settings))
+            let queue = unique("quorum-returns")
+            try await transport.send(Envelope(text: "fragile"), to: queue)
+            var attempts: [Int] = []
+            for _ in 0..<3 {
+                // Taken and never settled: closing returns it, as a consumer that crashed would.
+                let consumer = try await transport.consume(queue: queue)
+                var iterator = consumer.makeAsyncIterator()
+                attempts.append(try #require(try await iterator.next()).attempt)
+                await consumer.close()
+            }
+            #expect(attempts == [1, 2, 3])
+            let consumer = try await transport.consume(queue: queue)
+            var iterator = consumer.makeAsyncIterator()
+            let last = try #require(try await iterator.next())
+            #expect(last.attempt == 4)
+            try await last.ack()
+            await consumer.close()
+            try await transport.shutdown()
+        }
+
         @Test func tlsConnectionWithAThrowAwayCA() async throws {
             let tls = RabbitMQBroker.tlsDirectory
             let url = "amqps://guest:guest@localhost:5671/?cacertfile=\(tls)/ca.pem&certfile=\(tls)/client.pem&keyfile=\(tls)/client.key"

@@ -69,13 +69,20 @@ final class RabbitMQConsumer: DeliverySource, DeliverySettler, AMQPChannelOwner 
     }
 
     func deliver(_ raw: RawDelivery, generation: UInt64) {
-        let (envelope, attempt) = WireFormat.envelope(
+        var (envelope, attempt) = WireFormat.envelope(
             headers: raw.headers,
             payload: raw.body,
             fallbackID: raw.messageID,
             fallbackTime: raw.timestamp.map { Date(timeIntervalSince1970: TimeInterval($0)) },
             ignoring: RabbitMQTransport.ignoredBrokerHeaders
         )
+        // A quorum queue counts the deliveries that came back unsettled (a consumer that
+        // crashed or lost its connection while handling): each is an attempt too, so a
+        // message that keeps killing its consumer runs out of attempts like one that keeps
+        // failing (RabbitMQ's delivery limit, mapped onto Courier's attempts).
+        if let returned = raw.headers["x-delivery-count"].flatMap(Int.init), returned > 0 {
+            attempt += returned
+        }
         let served = state.withLock { state -> [(Waiter, Delivery)] in
             let tag = state.machine.deliver(deliveryTag: raw.deliveryTag, envelope: envelope, attempt: attempt) { tag in
                 Delivery(envelope: envelope, attempt: attempt, origin: origin, tag: tag, settler: self)
