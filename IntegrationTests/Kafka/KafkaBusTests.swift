@@ -1,6 +1,6 @@
 import Courier
 import CourierConformance
-import CourierKafka
+@_spi(Testing) import CourierKafka
 import CourierStoreConformance
 import Testing
 
@@ -8,8 +8,18 @@ extension BrokerIntegration.KafkaIntegration {
     /// The bus scenarios on Kafka (the mock cluster, or `COURIER_KAFKA_BROKERS`).
     @Suite("Bus conformance: KafkaTransport")
     struct KafkaBusTests {
-        /// B7 runs with SQLite's inbox (CourierSQLite).
-        static let bus = BusConformance(inbox: try! SQLiteConformanceInbox()) { try await KafkaBroker.connect() }
+        /// B7 runs with SQLite's inbox (CourierSQLite); B8's outage takes every mock broker
+        /// down for longer than the transport's health timeout (2 s).
+        static let bus = BusConformance(inbox: try! SQLiteConformanceInbox(), brokerOutage: outage) { try await KafkaBroker.connect() }
+
+        static var outage: (@Sendable () async throws -> Void)? {
+            guard let mock = KafkaBroker.mock else { return nil }
+            return {
+                mock.setAllBrokers(up: false)
+                try await Task.sleep(for: .seconds(5))
+                mock.setAllBrokers(up: true)
+            }
+        }
 
         @Test("bus scenario", arguments: BusScenario.allCases)
         func scenario(_ scenario: BusScenario) async throws {

@@ -17,8 +17,10 @@ extension BrokerIntegration.RabbitMQIntegration {
     /// The bus scenarios on RabbitMQ.
     @Suite("Bus conformance: RabbitMQTransport")
     struct RabbitMQBusTests {
-        /// B7 runs with SQLite's inbox (CourierSQLite).
-        static let bus = BusConformance(inbox: try! SQLiteConformanceInbox()) { try await RabbitMQBroker.connect() }
+        /// B7 runs with SQLite's inbox (CourierSQLite); B8's outage restarts the broker.
+        static let bus = BusConformance(inbox: try! SQLiteConformanceInbox(), brokerOutage: { try await RabbitMQBroker.restart() }) {
+            try await RabbitMQBroker.connect()
+        }
 
         @Test("bus scenario", arguments: BusScenario.allCases)
         func scenario(_ scenario: BusScenario) async throws {

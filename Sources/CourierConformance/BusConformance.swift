@@ -14,6 +14,7 @@ public enum BusScenario: String, CaseIterable, Sendable, CustomStringConvertible
     case gracefulShutdown = "B5. graceful shutdown loses nothing"
     case deadLetterReplay = "B6. dead letters listed and replayed"
     case exactlyOnceWithInbox = "B7. exactly-once effect with an inbox"
+    case healthTellsTheTruth = "B8. health tells the truth"
 
     public var description: String { rawValue }
 }
@@ -38,14 +39,20 @@ public struct BusConformance: Sendable {
     public var idleTimeout: Duration
     /// The inbox scenario B7 drives: a store's, or the in-memory reference.
     public var inbox: any ConformanceInbox
+    /// Takes the broker (every node) down and brings it back, returning once it is back;
+    /// B8 watches the bus's health meanwhile. `nil` (an in-process broker, or a shared
+    /// cluster that must not be touched): B8 checks the rest and says so.
+    public var brokerOutage: (@Sendable () async throws -> Void)?
 
     /// Creates the runner.
     public init(
         idleTimeout: Duration = .seconds(20), inbox: any ConformanceInbox = InMemoryConformanceInbox(),
+        brokerOutage: (@Sendable () async throws -> Void)? = nil,
         makeTransport: @escaping @Sendable () async throws -> any Transport
     ) {
         self.idleTimeout = idleTimeout
         self.inbox = inbox
+        self.brokerOutage = brokerOutage
         self.makeTransport = makeTransport
     }
 
@@ -62,6 +69,7 @@ public struct BusConformance: Sendable {
             case .gracefulShutdown: try await run.gracefulShutdown()
             case .deadLetterReplay: try await run.deadLetterReplay()
             case .exactlyOnceWithInbox: try await run.exactlyOnceWithInbox()
+            case .healthTellsTheTruth: try await run.healthTellsTheTruth()
             }
         }
         let milliseconds =
@@ -311,6 +319,64 @@ private struct BusRun {
         try await billing.shutdown()
         return
             "6 calls (2 per delivery, 3 deliveries 200 ms and 400 ms apart), then dead-lettered with the error's type and message; \(result.goodBeforeFirstRetry) other payments handled while it waited"
+    }
+
+    /// B8: healthy with a fresh registration; a handler failing on every message shows as
+    /// `failing` (the bus degraded, still healthy) and recovers with a success; unhealthy while
+    /// the broker is down and healthy again after the reconnect (with an outage hook);
+    /// unhealthy after shutdown.
+    func healthTellsTheTruth() async throws -> String {
+        var configuration = MessageBus.Configuration(retryPolicy: RetryPolicy(immediateRetries: 0, delayedRetries: 0))
+        configuration.failingAfter = 3
+        let billing = try await bus(configuration)
+        let failing = Locked(true)
+        try await billing.handle(BusChargeCard.self) { _, _ in
+            if failing.value { throw BusHandlerFailure() }
+        }
+        let fresh = await billing.health()
+        try check(fresh.isHealthy && !fresh.isDegraded, "a fresh bus is not healthy: \(fresh)")
+        try check(fresh.registrations.map(\.state) == [.running], "a fresh registration is not running: \(fresh)")
+
+        try await billing.send((1...3).map { BusChargeCard(payment: $0, fails: true) })
+        let failures = Locked(0)
+        try await poll("three failures in a row", progress: { failures.value }) {
+            let health = await billing.health()
+            failures.withLock { $0 = health.registrations.first?.consecutiveFailures ?? 0 }
+            return health.registrations.first?.state == .failing
+        }
+        let degraded = await billing.health()
+        try check(degraded.isHealthy && degraded.isDegraded, "a failing handler should leave the bus healthy but degraded: \(degraded)")
+        try check(
+            degraded.registrations.first?.lastError?.contains("the payment provider refused the card") == true,
+            "the failing registration does not say why: \(degraded)")
+        failing.withLock { $0 = false }
+        try await billing.send(BusChargeCard(payment: 4, fails: false))
+        try await poll("a success", progress: { 0 }) {
+            await billing.health().registrations.first?.state == .running
+        }
+
+        var outage = "no outage hook: the broker is not taken down"
+        if let brokerOutage = suite.brokerOutage {
+            let sawUnhealthy = Locked(false)
+            let watcher = Task {
+                while !Task.isCancelled {
+                    if !(await billing.health().isHealthy) { sawUnhealthy.withLock { $0 = true } }
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            try await brokerOutage()
+            let deadline = ContinuousClock.now + .seconds(60)
+            while !(await billing.health().isHealthy), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
+            watcher.cancel()
+            let after = await billing.health()
+            try check(sawUnhealthy.value, "the bus never reported unhealthy while the broker was down")
+            try check(after.isHealthy, "the bus is not healthy again within 60 s of the broker's return: \(after)")
+            outage = "unhealthy while the broker was down, healthy after the reconnect"
+        }
+        try await billing.shutdown()
+        let closed = await billing.health()
+        try check(!closed.isHealthy, "a shut-down bus reports healthy: \(closed)")
+        return "failing after 3 failures in a row (degraded), running after a success; \(outage); unhealthy after shutdown"
     }
 
     func poisonMessages() async throws -> String {
