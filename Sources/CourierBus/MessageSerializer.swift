@@ -17,8 +17,9 @@ public protocol MessageSerializer: Sendable {
 /// strings (whole seconds, UTC), `Data` as base64, `Decimal` as a number, `URL` as its
 /// string, keys as declared. The bus's default serializer.
 ///
-/// Values are written and read on bytes directly, about a third of Foundation's cost per
-/// message (keys in declaration order, where Foundation's order varies); a value that needs
+/// Values are written and read on bytes directly (keys in declaration order, where
+/// Foundation's order varies; in the bus benchmark, 10 fewer allocations and about 30% less
+/// CPU per message than through Foundation); a value that needs
 /// what that fast path leaves out — nested containers handed out for later, super encoders,
 /// and, when reading, anything but a well-formed payload in the plain forms Foundation
 /// writes (a number with an exponent for an `Int`, a date with fractional seconds, a missing
