@@ -68,10 +68,7 @@ final class KafkaProducer: @unchecked Sendable {
     {
         let decision = shared.withLock { $0.machine.acquire(topic: topic) { client, name in client.topic(name) } }
         guard case .produce(let client, let handle) = decision else { throw KafkaTransport.closedError }
-        defer {
-            let idle = shared.withLock { shared in shared.machine.release() ? shared.idleWaiters.removeAll() : [] }
-            for waiter in idle { waiter.resume() }
-        }
+        defer { release() }
         return try await body(client, handle)
     }
 
@@ -87,6 +84,13 @@ final class KafkaProducer: @unchecked Sendable {
         return client?.ping(timeout: timeout) ?? RD_KAFKA_RESP_ERR__DESTROY
     }
 
+    /// Gives back the handles acquired from the state machine; the last user of a producer
+    /// that is closing lets the closer go on.
+    private func release() {
+        let idle = shared.withLock { shared in shared.machine.release() ? shared.idleWaiters.removeAll() : [] }
+        for waiter in idle { waiter.resume() }
+    }
+
     /// When a broker last answered ``health(timeout:)``.
     private let lastAnswer = Mutex<ContinuousClock.Instant?>(nil)
 
@@ -98,8 +102,7 @@ final class KafkaProducer: @unchecked Sendable {
         }
         let code =
             (try? await KafkaClient.offload("health") { client.ping(timeout: timeout).rawValue }) ?? RD_KAFKA_RESP_ERR__DESTROY.rawValue
-        let idle = shared.withLock { shared in shared.machine.release() ? shared.idleWaiters.removeAll() : [] }
-        for waiter in idle { waiter.resume() }
+        release()
         let error = rd_kafka_resp_err_t(rawValue: code)
         let now = ContinuousClock.now
         if error == RD_KAFKA_RESP_ERR_NO_ERROR {
