@@ -147,7 +147,11 @@ extension BrokerIntegration.RabbitMQIntegration {
             #expect(up.connections.allSatisfy { $0.node == "127.0.0.1:\(node.port)" && $0.sinceLastContact != nil && $0.lastError == nil })
 
             node.takeDown()
-            let down = try await health(of: transport, within: .seconds(10)) { !$0.isHealthy }
+            // Each connection notices on its own I/O thread: the first makes the transport
+            // unhealthy, the other follows within moments.
+            let down = try await health(of: transport, within: .seconds(10)) {
+                $0.connections.allSatisfy { $0.state == .reconnecting && $0.lastError != nil }
+            }
             #expect(!down.isHealthy, "a dead node shows at once: \(down)")
             #expect(down.connections.allSatisfy { $0.state == .reconnecting && $0.lastError != nil }, "\(down)")
 
