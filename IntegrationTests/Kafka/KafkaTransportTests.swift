@@ -32,9 +32,12 @@ extension BrokerIntegration.KafkaIntegration {
 
         /// Reads `subscriptions` (acking each delivery) until every id of `expected` arrived or
         /// nothing new came for `idle`; returns the ids in arrival order, duplicates included.
-        private func collect(_ subscriptions: [Subscription], expecting expected: Set<String>, idle: Duration = .seconds(15)) async throws
-            -> [String]
-        {
+        /// `stalled` runs when the wait ends with messages missing, before the subscriptions
+        /// close: it can say where they are (the member's lag, its statistics).
+        private func collect(
+            _ subscriptions: [Subscription], expecting expected: Set<String>, idle: Duration = .seconds(15),
+            stalled: (() async -> Void)? = nil
+        ) async throws -> [String] {
             final class Box: @unchecked Sendable {
                 let lock = NSLock()
                 var arrived: [String] = []
@@ -58,7 +61,11 @@ extension BrokerIntegration.KafkaIntegration {
                 while true {
                     try await Task.sleep(for: .milliseconds(20))
                     let (done, quiet) = box.lock.withLock { (expected.isSubset(of: box.seen), ContinuousClock.now - box.last > idle) }
-                    if done || quiet { break }
+                    if done { break }
+                    if quiet {
+                        await stalled?()
+                        break
+                    }
                 }
                 try await Task.sleep(for: .milliseconds(300))
                 for subscription in subscriptions { await subscription.close() }
@@ -81,7 +88,10 @@ extension BrokerIntegration.KafkaIntegration {
             print(
                 "[kafka fault] \(name): \(sent.count) confirmed, \(Set(arrived).count) arrived, \(missing.count) lost, \(duplicates) duplicates"
             )
-            #expect(missing.isEmpty, "\(name): \(missing.count) confirmed messages lost, e.g. \(missing.prefix(5))")
+            let lost = sent.filter { missing.contains($0.id) }.prefix(5).map {
+                "\(String(decoding: $0.payload, as: UTF8.self)) (key \($0.key ?? "none"))"
+            }
+            #expect(missing.isEmpty, "\(name): \(missing.count) confirmed messages lost, e.g. \(lost)")
         }
 
         /// The README's KafkaTransport snippet, on the cluster under test instead of localhost.
@@ -363,7 +373,9 @@ extension BrokerIntegration.KafkaIntegration {
             let publisher = try await KafkaBroker.connect()
             let sent = events(20_000, "e", keys: 64)
             let confirmed = Shared(0)
-            async let arrived = collect([subscription], expecting: Set(sent.map(\.id)), idle: .seconds(40))
+            async let arrived = collect([subscription], expecting: Set(sent.map(\.id)), idle: .seconds(40)) {
+                print("[kafka fault] stalled: \(await reader.health()); the member: \(reader.consumerStatistics)")
+            }
             func moveLeaders(by shift: Int) throws {
                 for partition in 0..<partitions {
                     try mock.setPartitionLeader(topic, partition: partition, broker: (partition + shift) % 3 + 1)
@@ -395,6 +407,7 @@ extension BrokerIntegration.KafkaIntegration {
                 try await group.waitForAll()
             }
             let delivered = try await arrived
+            print("[kafka fault] the member: \(reader.consumerStatistics)")
             report("leaders moved twice, coordinator moved, broker 2 down 10 s", sent: sent, arrived: delivered)
             try await publisher.shutdown()
             try await reader.shutdown()

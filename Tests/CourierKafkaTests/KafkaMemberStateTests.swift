@@ -181,6 +181,26 @@ import Testing
         #expect(late == .late)
     }
 
+    /// librdkafka assigns a partition the member still has (no revoke between): its waiting
+    /// messages go, the key of its delivery in flight is freed, and the messages read again
+    /// from the new start flow (before, the key stayed busy for good: its late ack could not
+    /// free it, and every later message of the key waited forever).
+    @Test func aPartitionAssignedAgainWithoutARevokeStartsOver() throws {
+        var machine = machine()
+        arrive(&machine, [message(Self.p0, 0, key: "k"), message(Self.p0, 1, key: "k"), message(Self.p0, 2)])
+        let first = try take(&machine)
+        machine.assign([Self.p0: .init(offset: 0)])
+        #expect(nothing(&machine), "what waited went with the old assignment")
+        arrive(&machine, [message(Self.p0, 0, key: "k"), message(Self.p0, 1, key: "k")])
+        let again = try take(&machine)
+        #expect(again.pending.offset == 0)
+        #expect(try machine.ack(first.tag) == .late)
+        #expect(nothing(&machine), "offset 1 waits for offset 0 of the same key, not for the late one")
+        #expect(try machine.ack(again.tag) == .settled)
+        #expect(try take(&machine).pending.offset == 1)
+        #expect(machine.counters.abandonedOnRevoke == 1)
+    }
+
     @Test func aHeldNackDoesNotHoldUpARevokeAndIsForgotten() throws {
         var machine = machine()
         arrive(&machine, [message(Self.p0, 0, key: "k")])

@@ -220,11 +220,16 @@ struct KafkaMemberState: Sendable {
 
     /// Partitions were assigned (all of them, or more of them with the cooperative protocol):
     /// each starts at its offset with a fresh generation.
+    ///
+    /// A partition assigned again without a revoke first starts over as if revoked: its
+    /// waiting messages go (they are read again from `start`) and the keys of its deliveries
+    /// in flight are freed, for their late settlements cannot free them.
     mutating func assign(_ starts: [Position: Start]) {
         guard !isClosing else { return }
+        let reassigned = Set(starts.keys).intersection(tracks.keys)
+        if !reassigned.isEmpty { abandon(reassigned) }
         nextGeneration += 1
         for (position, start) in starts {
-            if let old = tracks.removeValue(forKey: position) { forget(old) }
             tracks[position] = Track(start: start, generation: nextGeneration)
         }
         if phase == .joining || phase == .running { phase = .running }
@@ -254,23 +259,11 @@ struct KafkaMemberState: Sendable {
         var offsets: [(Position, Int64)] = []
         var exposed = 0
         for position in positions.sorted() {
-            guard let track = tracks.removeValue(forKey: position) else { continue }
+            guard let track = tracks[position] else { continue }
             if force || track.commitOffset > track.committed { offsets.append((position, track.commitOffset)) }
             exposed += Int(max(0, track.handedEnd - track.confirmed))
-            forget(track)
         }
-        // Their deliveries stay known, so that a late settlement is counted, not refused; a
-        // held nack is forgotten (its timer finds nothing to redeliver).
-        for (tag, taken) in taken where !taken.abandoned && positions.contains(taken.pending.position) && !isCurrent(taken.pending) {
-            if taken.state == .held {
-                self.taken[tag] = nil
-            } else {
-                self.taken[tag]!.abandoned = true
-                counters.abandonedOnRevoke += 1
-            }
-            gate.release(key: taken.pending.envelope.key)
-        }
-        _ = gate.remove { positions.contains($0.position) }
+        abandon(positions)
         if case .revoking = phase { phase = tracks.isEmpty ? .joining : .running }
         if tracks.isEmpty && !isClosing { paused = false }
         return (offsets, exposed)
@@ -287,6 +280,25 @@ struct KafkaMemberState: Sendable {
     /// delivered again by their next owner.
     mutating func revokeCommitRefused(exposed: Int) {
         counters.exposedOnRevoke += exposed
+    }
+
+    /// Forgets `positions`: their tracks and waiting messages go, and the keys of their
+    /// deliveries in flight are freed. Those deliveries stay known, so that a late settlement
+    /// is counted, not refused; a held nack is forgotten (its timer finds nothing to redeliver).
+    private mutating func abandon(_ positions: Set<Position>) {
+        for position in positions {
+            if let track = tracks.removeValue(forKey: position) { forget(track) }
+        }
+        for (tag, taken) in taken where !taken.abandoned && positions.contains(taken.pending.position) && !isCurrent(taken.pending) {
+            if taken.state == .held {
+                self.taken[tag] = nil
+            } else {
+                self.taken[tag]!.abandoned = true
+                counters.abandonedOnRevoke += 1
+            }
+            gate.release(key: taken.pending.envelope.key)
+        }
+        _ = gate.remove { positions.contains($0.position) }
     }
 
     private mutating func forget(_ track: Track) {
