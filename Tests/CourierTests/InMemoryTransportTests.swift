@@ -189,6 +189,35 @@ struct InMemoryTransportTests {
         #expect(try await third.value == nil, "the third delivery must wait for an ack, then end with the close")
     }
 
+    /// A consumer takes a batch from its queue ahead of being asked (one lock per batch): the
+    /// batch is in flight for it, a competing consumer gets what is left, and a close returns
+    /// the batch to the queue — iteration ends at once, nothing of the batch is handed out
+    /// after it, and nothing is lost.
+    @Test func aBatchTakenAheadGoesBackOnClose() async throws {
+        let transport = try transport()
+        let first = try await transport.consume(queue: "batch", options: SubscriptionOptions(prefetch: 10))
+        try await transport.send((0..<20).map { Envelope(text: "\($0)") }, to: "batch")
+        var iterator = first.makeAsyncIterator()
+        let one = try #require(try await iterator.next())
+        #expect(one.envelope.text == "0")
+        #expect(transport.broker.depth(ofQueue: "batch") == 20)
+        let other = try await transport.consume(queue: "batch")
+        var otherIterator = other.makeAsyncIterator()
+        let afterBatch = try #require(try await otherIterator.next())
+        #expect(afterBatch.envelope.text == "10", "the first consumer's prefetch of 10 was taken ahead")
+        try await afterBatch.ack()
+        await first.close()
+        #expect(try await iterator.next() == nil, "nothing of the batch is handed out after the close")
+        var texts: [String] = []
+        for _ in 0..<19 {
+            let delivery = try #require(try await otherIterator.next())
+            texts.append(delivery.envelope.text ?? "")
+            try await delivery.ack()
+        }
+        #expect(Set(texts) == Set((0..<20).filter { $0 != 10 }.map { "\($0)" }), "the batch came back: \(texts)")
+        await other.close()
+    }
+
     @Test func waitingForADeliveryEndsWhenTheTaskIsCancelled() async throws {
         let transport = try transport()
         let consumer = try await transport.consume(queue: "idle")

@@ -608,6 +608,14 @@ final class KafkaGroupMember: @unchecked Sendable {
                 }
             }
             if !unresolved.isEmpty {
+                if state.withLock({ $0.machine.joined }) {
+                    // Every partition gets a committed offset at the group's first assignment
+                    // (below): none now means that commit was lost, and the start position
+                    // decides where reading resumes.
+                    logger.warning(
+                        "the group has no committed offset for partitions it was assigned before; starting them at the start position",
+                        metadata: ["kafka-partitions": "\(unresolved.sorted().map { "\(topics[$0.topic])[\($0.partition)]" })"])
+                }
                 for (position, start) in resolveStart(unresolved) {
                     starts[position] = .init(offset: start.offset, skipBefore: start.skipBefore)
                 }
@@ -620,7 +628,11 @@ final class KafkaGroupMember: @unchecked Sendable {
                         commit.add(names[position.topic], position.partition, offset: start.offset)
                     }
                 }
-                if commit.count > 0 { _ = client.commit(commit) }
+                if commit.count > 0, case let error = client.commit(commit), error != RD_KAFKA_RESP_ERR_NO_ERROR {
+                    logger.warning(
+                        "committing the start offsets of newly assigned partitions failed; they are committed with the first acks",
+                        metadata: ["kafka-error": "\(RDKafkaClient.describe(error))"])
+                }
             }
             for index in 0..<list.count {
                 let position = position(list.elements[index].topic, list.elements[index].partition)

@@ -2,6 +2,11 @@ import DequeModule
 import Foundation
 import Synchronization
 
+/// Deliveries a consumer took from its queue ahead of being asked (see ``InMemoryConsumer``).
+final class DeliveryBuffer: Sendable {
+    let deliveries = Mutex(Deque<Delivery>())
+}
+
 /// A message held by an in-memory queue, with its delivery attempt.
 struct StoredMessage: Sendable {
     var envelope: Envelope
@@ -189,11 +194,21 @@ final class InMemoryQueue: DeliverySettler {
         }
     }
 
-    func next(consumer: Int) async -> Delivery? {
+    /// The next delivery for `consumer`, waiting when none can go. Under the same lock, up to
+    /// `more` further deliveries that can go now are taken into `buffer` (they count against
+    /// the consumer's prefetch like any other in flight), so that a consumer keeping up takes
+    /// the queue's lock once per batch instead of once per message.
+    func next(consumer: Int, more: Int = 0, into buffer: DeliveryBuffer? = nil) async -> Delivery? {
         // Never throws: nothing here fails, and a cancelled wait ends with nil.
         let delivery = try? await Waiters.wait(in: state, \.consumerWaiters, tag: consumer, cancelled: .success(nil)) { state in
             guard state.consumers[consumer] != nil else { return .success(nil) }
-            return state.take(for: consumer, queue: self).map { .success($0) }
+            guard let first = state.take(for: consumer, queue: self) else { return nil }
+            if more > 0, let buffer {
+                buffer.deliveries.withLock { buffer in
+                    while buffer.count < more, let next = state.take(for: consumer, queue: self) { buffer.append(next) }
+                }
+            }
+            return .success(first)
         }
         return delivery ?? nil
     }

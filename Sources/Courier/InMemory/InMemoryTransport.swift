@@ -157,10 +157,20 @@ public final class InMemoryTransport: Transport {
 }
 
 /// One consumer of an in-memory queue, feeding a ``Subscription``.
+///
+/// It takes deliveries from the queue in batches (up to ``batch`` beyond the one asked for,
+/// within the subscription's prefetch) and hands them out one by one: the queue's lock,
+/// shared with the publishers, is taken once per batch. The batch is in flight for this
+/// consumer, as a broker's prefetch is: ``close()`` returns it to the queue.
 final class InMemoryConsumer: DeliverySource {
     let queue: InMemoryQueue
     let id: Int
     private unowned let transport: InMemoryTransport
+    /// Deliveries taken from the queue and not yet handed out.
+    private let taken = DeliveryBuffer()
+    /// At most this many are taken ahead: enough to amortise the lock, few enough that
+    /// competing consumers still share a short burst.
+    static let batch = 32
 
     init(queue: InMemoryQueue, id: Int, transport: InMemoryTransport) {
         self.queue = queue
@@ -169,7 +179,8 @@ final class InMemoryConsumer: DeliverySource {
     }
 
     func next() async throws -> Delivery? {
-        await queue.next(consumer: id)
+        if let delivery = taken.deliveries.withLock({ $0.popFirst() }) { return delivery }
+        return await queue.next(consumer: id, more: Self.batch, into: taken)
     }
 
     func close() async {
@@ -178,6 +189,9 @@ final class InMemoryConsumer: DeliverySource {
     }
 
     func stop() {
+        // The queue takes back everything in flight for this consumer, the batch included.
+        taken.deliveries.withLock { $0.removeAll() }
         queue.removeConsumer(id)
+        taken.deliveries.withLock { $0.removeAll() }
     }
 }
