@@ -20,21 +20,31 @@ enum JSONFastPath: Error {
 final class JSONByteWriter {
     var bytes: [UInt8] = []
     /// One encoder per nesting depth, reused: a nested value's encoding ends before its
-    /// parent writes on.
-    private var encoders: [JSONValueEncoder] = []
+    /// parent writes on. The outermost one is kept apart: a flat value needs no array.
+    private var outermost: JSONValueEncoder?
+    private var nested: [JSONValueEncoder] = []
 
     init() {
         bytes.reserveCapacity(256)
     }
 
     func encoder(depth: Int) -> JSONValueEncoder {
-        if depth < encoders.count {
-            let encoder = encoders[depth]
+        if depth <= 0 {
+            if let outermost {
+                outermost.reset()
+                return outermost
+            }
+            let encoder = JSONValueEncoder(writer: self, depth: depth)
+            outermost = encoder
+            return encoder
+        }
+        if depth - 1 < nested.count {
+            let encoder = nested[depth - 1]
             encoder.reset()
             return encoder
         }
         let encoder = JSONValueEncoder(writer: self, depth: depth)
-        encoders.append(encoder)
+        nested.append(encoder)
         return encoder
     }
 
@@ -512,7 +522,9 @@ struct JSONSingleEncoder: SingleValueEncodingContainer, JSONValueSink {
 /// finds an object's members or an array's elements also checks the syntax of everything it
 /// skips (strings with their escapes and UTF-8, numbers, literals, nesting), so a document
 /// the reader accepts is one Foundation accepts.
-final class JSONByteReader {
+/// A value, not an object: the decoders and containers that share it hold copies (one retain
+/// of the payload each), and decoding allocates nothing for it.
+struct JSONByteReader {
     let bytes: [UInt8]
 
     init(_ bytes: [UInt8]) {
@@ -873,8 +885,9 @@ final class JSONByteReader {
     }
 }
 
-/// The decoder of the value at `start`.
-final class JSONValueDecoder: Decoder {
+/// The decoder of the value at `start`: two words, so that as `any Decoder` it fits the
+/// existential's inline buffer and costs no allocation.
+struct JSONValueDecoder: Decoder {
     let reader: JSONByteReader
     let start: Int
 
