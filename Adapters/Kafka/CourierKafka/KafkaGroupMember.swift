@@ -22,7 +22,8 @@ import Synchronization
 /// - On revoke: buffered messages of the revoked partitions are dropped, the thread waits up
 ///   to ``KafkaTransport/Configuration/revokeTimeout`` for their in-flight deliveries to be
 ///   settled, commits synchronously, then gives the partitions up. With the cooperative-sticky
-///   assignor (the default) only the partitions that move are revoked.
+///   assignor (`rdkafka.partition.assignment.strategy=cooperative-sticky`; the default stays
+///   `range,roundrobin` for rolling upgrades) only the partitions that move are revoked.
 /// - On assign, a partition with no committed offset starts at the group's start position,
 ///   and that offset is committed at once, so the group exists durably.
 final class KafkaGroupMember: @unchecked Sendable {
