@@ -165,8 +165,16 @@ final class JSONByteWriter {
         let interval = date.timeIntervalSince1970
         guard interval >= CivilDate.gregorianStart, interval < CivilDate.year10000 else {
             // Before 15 October 1582 Foundation's formatter uses the Julian calendar, and past
-            // year 9999 it writes more digits: it writes those itself.
-            writeString(ISO8601DateFormatter().string(from: date))
+            // year 9999 it writes more digits: JSONEncoder writes those itself. Not through
+            // ISO8601DateFormatter, which is not what JSONEncoder's `.iso8601` uses: it rounds
+            // a negative time with a fraction to the later second, JSONEncoder to the earlier.
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .iso8601
+            if let encoded = try? encoder.encode(date) {
+                bytes.append(contentsOf: encoded)
+            } else {
+                writeString(ISO8601DateFormatter().string(from: date))
+            }
             return
         }
         let seconds = Int64(interval.rounded(.down))
