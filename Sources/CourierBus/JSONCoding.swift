@@ -29,22 +29,13 @@ final class JSONByteWriter {
     }
 
     func encoder(depth: Int) -> JSONValueEncoder {
-        if depth <= 0 {
-            if let outermost {
-                outermost.reset()
-                return outermost
-            }
-            let encoder = JSONValueEncoder(writer: self, depth: depth)
-            outermost = encoder
-            return encoder
-        }
-        if depth - 1 < nested.count {
-            let encoder = nested[depth - 1]
-            encoder.reset()
-            return encoder
+        let kept = depth <= 0 ? outermost : (depth - 1 < nested.count ? nested[depth - 1] : nil)
+        if let kept {
+            kept.reset()
+            return kept
         }
         let encoder = JSONValueEncoder(writer: self, depth: depth)
-        nested.append(encoder)
+        if depth <= 0 { outermost = encoder } else { nested.append(encoder) }
         return encoder
     }
 
@@ -61,7 +52,7 @@ final class JSONByteWriter {
         } else if T.self == Double.self {
             try writeFloatingPoint(value as! Double)
         } else if T.self == Date.self {
-            writeDate(value as! Date)
+            try writeDate(value as! Date)
         } else if T.self == Data.self {
             writeString((value as! Data).base64EncodedString())
         } else if T.self == URL.self {
@@ -161,7 +152,7 @@ final class JSONByteWriter {
     }
 
     /// `yyyy-MM-ddTHH:mm:ssZ` in UTC, the seconds rounded down, as Foundation's `.iso8601`.
-    func writeDate(_ date: Date) {
+    func writeDate(_ date: Date) throws {
         let interval = date.timeIntervalSince1970
         guard interval >= CivilDate.gregorianStart, interval < CivilDate.year10000 else {
             // Before 15 October 1582 Foundation's formatter uses the Julian calendar, and past
@@ -170,11 +161,7 @@ final class JSONByteWriter {
             // a negative time with a fraction to the later second, JSONEncoder to the earlier.
             let encoder = JSONEncoder()
             encoder.dateEncodingStrategy = .iso8601
-            if let encoded = try? encoder.encode(date) {
-                bytes.append(contentsOf: encoded)
-            } else {
-                writeString(ISO8601DateFormatter().string(from: date))
-            }
+            bytes.append(contentsOf: try encoder.encode(date))
             return
         }
         let seconds = Int64(interval.rounded(.down))

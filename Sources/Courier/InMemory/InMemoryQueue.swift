@@ -2,9 +2,15 @@ import DequeModule
 import Foundation
 import Synchronization
 
-/// Deliveries a consumer took from its queue ahead of being asked (see ``InMemoryConsumer``).
+/// Deliveries a consumer took from its queue ahead of being asked, at most `limit` (see
+/// ``InMemoryConsumer``).
 final class DeliveryBuffer: Sendable {
     let deliveries = Mutex(Deque<Delivery>())
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+    }
 }
 
 /// A message held by an in-memory queue, with its delivery attempt.
@@ -194,19 +200,17 @@ final class InMemoryQueue: DeliverySettler {
         }
     }
 
-    /// The next delivery for `consumer`, waiting when none can go. Under the same lock, up to
-    /// `more` further deliveries that can go now are taken into `buffer` (they count against
-    /// the consumer's prefetch like any other in flight), so that a consumer keeping up takes
-    /// the queue's lock once per batch instead of once per message.
-    func next(consumer: Int, more: Int = 0, into buffer: DeliveryBuffer? = nil) async -> Delivery? {
+    /// The next delivery for `consumer`, waiting when none can go. Under the same lock,
+    /// further deliveries that can go now are taken into `buffer`, up to its limit (they count
+    /// against the consumer's prefetch like any other in flight), so that a consumer keeping up
+    /// takes the queue's lock once per batch instead of once per message.
+    func next(consumer: Int, takingAheadInto buffer: DeliveryBuffer) async -> Delivery? {
         // Never throws: nothing here fails, and a cancelled wait ends with nil.
         let delivery = try? await Waiters.wait(in: state, \.consumerWaiters, tag: consumer, cancelled: .success(nil)) { state in
             guard state.consumers[consumer] != nil else { return .success(nil) }
             guard let first = state.take(for: consumer, queue: self) else { return nil }
-            if more > 0, let buffer {
-                buffer.deliveries.withLock { buffer in
-                    while buffer.count < more, let next = state.take(for: consumer, queue: self) { buffer.append(next) }
-                }
+            buffer.deliveries.withLock { taken in
+                while taken.count < buffer.limit, let next = state.take(for: consumer, queue: self) { taken.append(next) }
             }
             return .success(first)
         }

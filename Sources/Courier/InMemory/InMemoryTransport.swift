@@ -166,8 +166,8 @@ final class InMemoryConsumer: DeliverySource {
     let queue: InMemoryQueue
     let id: Int
     private unowned let transport: InMemoryTransport
-    /// Deliveries taken from the queue and not yet handed out.
-    private let taken = DeliveryBuffer()
+    /// Deliveries taken from the queue and not yet handed out: at most ``batch``.
+    private let taken = DeliveryBuffer(limit: batch)
     /// At most this many are taken ahead: enough to amortise the lock, few enough that
     /// competing consumers still share a short burst.
     static let batch = 32
@@ -180,7 +180,7 @@ final class InMemoryConsumer: DeliverySource {
 
     func next() async throws -> Delivery? {
         if let delivery = taken.deliveries.withLock({ $0.popFirst() }) { return delivery }
-        return await queue.next(consumer: id, more: Self.batch, into: taken)
+        return await queue.next(consumer: id, takingAheadInto: taken)
     }
 
     func close() async {
@@ -189,7 +189,9 @@ final class InMemoryConsumer: DeliverySource {
     }
 
     func stop() {
-        // The queue takes back everything in flight for this consumer, the batch included.
+        // The queue takes back everything in flight for this consumer, the batch included;
+        // the batch is dropped here before (nothing more is handed from it) and after (a
+        // concurrent next() may have refilled it meanwhile).
         taken.deliveries.withLock { $0.removeAll() }
         queue.removeConsumer(id)
         taken.deliveries.withLock { $0.removeAll() }
